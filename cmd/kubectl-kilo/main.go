@@ -13,6 +13,8 @@ commands:
   capability issue    seal a kka1 capability from a claims file
   capability decode   open and verify a kka1 capability
   check               classify an upstream URL against a session's targets
+                      (offline: --targets-file F --session ID URL; live: -n NS NAME URL)
+  status              show a KiloSession, its conditions, pods and capability expiry (no secrets)
 `
 
 func main() {
@@ -30,7 +32,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "capability":
 		return runCapability(args[1:], stdin, stdout, stderr)
 	case "check":
+		if isLiveCheck(args[1:]) {
+			return runLiveCheck(args[1:], stdout, stderr)
+		}
 		return runCheck(args[1:], stdin, stdout, stderr)
+	case "status":
+		return runStatus(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
