@@ -1,0 +1,133 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
+	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
+)
+
+// Webhook certificate modes.
+const (
+	// certModeSelfManaged: the manager keeps a CA and a serving certificate in a Secret, rotates them, and patches
+	// the caBundle of the MutatingWebhookConfiguration (the default: no dependency on cert-manager).
+	certModeSelfManaged = "self-managed"
+	// certModeCertManager: cert-manager issues the serving certificate into a Secret mounted at --webhook-cert-dir
+	// and injects the caBundle; the manager only serves, reloading the files when they change.
+	certModeCertManager = "cert-manager"
+)
+
+// options are the manager's flags. Each field's flag help says what it is for; defaults match config/default.
+type options struct {
+	metricsAddr             string
+	metricsSecure           bool
+	metricsCertDir          string
+	probeAddr               string
+	enableHTTP2             bool
+	leaderElect             bool
+	leaderElectionID        string
+	webhookHost             string
+	webhookPort             int
+	webhookCertMode         string
+	webhookCertDir          string
+	webhookConfigName       string
+	webhookServiceName      string
+	webhookSecretName       string
+	webhookExtraSANs        stringList
+	watchNamespaces         stringList
+	operatorNamespace       string
+	keyRingSecret           string
+	upstreamAllowList       stringList
+	egressProxyURL          string
+	noProxy                 stringList
+	serviceCIDRs            stringList
+	maxConcurrentReconciles int
+}
+
+// stringList is a flag that accepts a comma-separated list and may be repeated.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+
+func (s *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+func defaultOperatorNamespace() string {
+	// Set by the Deployment through the downward API, so a renamed namespace needs no flag change.
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return kilov1alpha1.DefaultOperatorNamespace
+}
+
+func (o *options) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "address the metrics endpoint binds to; \"0\" disables it")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS behind Kubernetes authentication and authorization (the caller needs get on the /metrics non-resource URL)")
+	fs.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for the metrics endpoint (default: a self-signed certificate)")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz probes bind to")
+	fs.BoolVar(&o.enableHTTP2, "enable-http2", false, "serve HTTP/2 on the webhook and metrics endpoints; off by default because of the HTTP/2 stream-reset and rapid-reset CVEs (GHSA-qppj-fm5r-hxr3, GHSA-4374-p667-p6c8)")
+	fs.BoolVar(&o.leaderElect, "leader-elect", false, "elect a leader so that only one replica reconciles and writes certificates")
+	fs.StringVar(&o.leaderElectionID, "leader-election-id", "kilo-session-operator.kilo.ai", "name of the leader election Lease")
+	fs.StringVar(&o.webhookHost, "webhook-bind-host", "", "address the webhook server binds to (default: all)")
+	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "port the webhook server listens on")
+	fs.StringVar(&o.webhookCertMode, "webhook-cert-mode", certModeSelfManaged, "who provides the webhook serving certificate: self-managed or cert-manager")
+	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "cert-manager mode: directory holding tls.crt and tls.key (the mounted Certificate Secret)")
+	fs.StringVar(&o.webhookConfigName, "webhook-config-name", "kilo-session-operator-mutating-webhook-configuration", "self-managed mode: MutatingWebhookConfiguration whose caBundle the manager patches")
+	fs.StringVar(&o.webhookServiceName, "webhook-service-name", "kilo-webhook-service", "self-managed mode: Service fronting the webhook; the serving certificate names <service>.<namespace>.svc")
+	fs.StringVar(&o.webhookSecretName, "webhook-secret-name", "kilo-webhook-server-cert", "self-managed mode: Secret holding the webhook CA and serving certificate")
+	fs.Var(&o.webhookExtraSANs, "webhook-extra-san", "self-managed mode: extra DNS names or IP addresses for the serving certificate (comma-separated, repeatable); e.g. 127.0.0.1 when the API server calls the webhook by URL")
+	fs.Var(&o.watchNamespaces, "namespace", "namespaces to watch for KiloSessions and session pods (comma-separated, repeatable; default: all)")
+	fs.StringVar(&o.operatorNamespace, "operator-namespace", defaultOperatorNamespace(), "namespace the manager and egress run in (holds the key ring, the certificates and the CA bundle); default $POD_NAMESPACE")
+	fs.StringVar(&o.keyRingSecret, "key-ring-secret", kilov1alpha1.DefaultKeyRingSecret, "Secret in the operator namespace holding the capability key ring; created with a fresh key when absent")
+	fs.Var(&o.upstreamAllowList, "upstream-allowlist", "upstream origins credentials may ever be sent to (comma-separated, repeatable; default "+strings.Join(policy.DefaultAllowList, ",")+"); a KiloSession cannot widen it")
+	fs.StringVar(&o.egressProxyURL, "egress-proxy-url", "", fmt.Sprintf("proxy URL injected into session pods (default http://%s.<operator-namespace>.svc:%d)", kilov1alpha1.DefaultEgressService, kilov1alpha1.DefaultProxyPort))
+	fs.Var(&o.noProxy, "no-proxy", "extra NO_PROXY entries injected into session pods, on top of the cluster-local defaults (comma-separated, repeatable)")
+	fs.Var(&o.serviceCIDRs, "service-cidr", "the cluster's Service CIDRs, added to session pods' NO_PROXY so in-cluster traffic stays direct (comma-separated, repeatable)")
+	fs.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 4, "KiloSessions reconciled in parallel")
+}
+
+// validate checks the flags before anything connects to the cluster, so a typo fails at start with a message
+// rather than later as a confusing condition.
+func (o *options) validate() error {
+	var errs []error
+	switch o.webhookCertMode {
+	case certModeSelfManaged, certModeCertManager:
+	default:
+		errs = append(errs, fmt.Errorf("--webhook-cert-mode %q: want %s or %s", o.webhookCertMode, certModeSelfManaged, certModeCertManager))
+	}
+	if o.operatorNamespace == "" {
+		errs = append(errs, errors.New("--operator-namespace must not be empty"))
+	}
+	if o.keyRingSecret == "" {
+		errs = append(errs, errors.New("--key-ring-secret must not be empty"))
+	}
+	if len(o.upstreamAllowList) == 0 {
+		o.upstreamAllowList = append(stringList(nil), policy.DefaultAllowList...)
+	}
+	if _, err := policy.ParseAllowList(o.upstreamAllowList); err != nil {
+		errs = append(errs, fmt.Errorf("--upstream-allowlist: %w", err))
+	}
+	if o.egressProxyURL == "" {
+		o.egressProxyURL = fmt.Sprintf("http://%s.%s.svc:%d", kilov1alpha1.DefaultEgressService, o.operatorNamespace, kilov1alpha1.DefaultProxyPort)
+	}
+	for _, c := range o.serviceCIDRs {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			errs = append(errs, fmt.Errorf("--service-cidr %q: %w", c, err))
+		}
+	}
+	if o.maxConcurrentReconciles < 1 {
+		errs = append(errs, errors.New("--max-concurrent-reconciles must be at least 1"))
+	}
+	return errors.Join(errs...)
+}
