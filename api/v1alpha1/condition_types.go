@@ -32,6 +32,13 @@ const (
 	ReasonKeyRingUnavailable = "KeyRingUnavailable"
 	// ReasonIssuanceFailed: writing a capability Secret failed; the controller retries with backoff.
 	ReasonIssuanceFailed = "IssuanceFailed"
+	// ReasonSecretConflict: a Secret already exists under a pod's capability Secret name and is not this
+	// session's capability Secret for that pod; the controller does not overwrite it.
+	ReasonSecretConflict = "CapabilitySecretConflict"
+	// ReasonInvalidPodSelector: spec.podSelector is not a valid label selector.
+	ReasonInvalidPodSelector = "InvalidPodSelector"
+	// ReasonProgressing: capabilities are being issued; some selected pods do not hold one yet.
+	ReasonProgressing = "Progressing"
 	// ReasonValid is the True reason of TokenSourceReady and TargetsValid.
 	ReasonValid = "Valid"
 )

@@ -22,6 +22,29 @@ const (
 	// InjectedAnnotation records what the webhook injected, which makes re-invocation a no-op.
 	InjectedAnnotation = "kilo.ai/injected"
 
+	// ReconcileRequestedAnnotation on a KiloSession asks the controller to reconcile it now (any new value does):
+	// the KiloSession watch ignores metadata-only updates otherwise. It does not force re-issuance; capabilities
+	// are re-issued only when due or when their inputs changed.
+	ReconcileRequestedAnnotation = "kilo.ai/reconcile-requested-at"
+
+	// Annotations the controller writes on every capability Secret. They describe the capability without holding
+	// it, so renewal and change detection never need to decode the token.
+	//
+	// IssuedAtAnnotation and ExpiresAtAnnotation are RFC 3339 timestamps (UTC, millisecond precision, as in the
+	// token's epoch-millisecond claims).
+	IssuedAtAnnotation  = "kilo.ai/issued-at"
+	ExpiresAtAnnotation = "kilo.ai/expires-at"
+	// KeyFingerprintAnnotation identifies the key-ring key that sealed the token (non-secret fingerprint).
+	KeyFingerprintAnnotation = "kilo.ai/key-fingerprint"
+	// SourceHashAnnotation is a digest over every input of the token (token Secrets' values, targets, user and
+	// session ids, pod UID, sealing-key fingerprint). A changed digest means the token is re-issued at once. It is
+	// a one-way digest of inputs the reader of this Secret could read anyway, never the token.
+	SourceHashAnnotation = "kilo.ai/source-hash"
+
+	// CapabilitiesFinalizer holds a KiloSession until the controller has deleted its capability Secrets, so that
+	// revocation does not wait for the pods' garbage collection.
+	CapabilitiesFinalizer = "kilo.ai/capabilities"
+
 	// CapabilitySecretType is the type of every capability Secret.
 	CapabilitySecretType = "kilo.ai/capability"
 	// CapabilitySecretKey is the data key of the kka1 token in a capability Secret.
@@ -34,12 +57,14 @@ type SecretKeyRef struct {
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	Name string `json:"name"`
 
 	// key in the Secret's data.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
 	Key string `json:"key"`
 }
 
@@ -119,18 +144,22 @@ type KiloSessionSpec struct {
 	Targets Targets `json:"targets"`
 
 	// podSelector selects the session's pods in the namespace. Default: pods labelled kilo.ai/session=<name>.
+	// Only pods that carry the kilo.ai/session label (any value) are ever considered: the webhook injects only
+	// those, and the manager caches no other pods.
 	// +optional
 	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
 
 	// capabilityLifetime is how long each issued capability lives. Default 4h; between 10m and 4h.
 	// +optional
 	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10m') && duration(self) <= duration('4h')",message="capabilityLifetime must be between 10m and 4h"
 	CapabilityLifetime *metav1.Duration `json:"capabilityLifetime,omitempty"`
 
 	// renewBefore is how long before expiry a capability is renewed. Default a quarter of the lifetime.
 	// +optional
 	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="renewBefore must be at least 1m"
 	RenewBefore *metav1.Duration `json:"renewBefore,omitempty"`
 
@@ -197,6 +226,7 @@ type KiloSessionStatus struct {
 
 // KiloSession gives the pods of one Kilo session pod-bound, short-lived capabilities instead of the raw token.
 // +kubebuilder:object:root=true
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="KiloSession names must be at most 63 characters: the name is used as the kilo.ai/session label value"
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=ks,categories=kilo
 // +kubebuilder:printcolumn:name="Session ID",type=string,JSONPath=`.spec.kiloSessionId`
