@@ -82,6 +82,11 @@ func split(s string) (u splitURL, detail string) {
 	if strings.IndexByte(auth, '@') >= 0 {
 		return u, DetailUserinfo
 	}
+	// Brackets mean an IP literal (IPv6, possibly with a zone id): refused before the port split, whose ':'
+	// they contain.
+	if strings.IndexByte(auth, '[') >= 0 {
+		return u, DetailHost
+	}
 	host := auth
 	if c := strings.IndexByte(auth, ':'); c >= 0 {
 		host = auth[:c]
@@ -90,8 +95,7 @@ func split(s string) (u splitURL, detail string) {
 			return u, DetailPort
 		}
 	}
-	// Brackets (IPv6, zone ids), '%' (escaped hosts) and anything outside letters, digits, '-' and '.' are
-	// refused by validHost.
+	// '%' (escaped hosts) and anything else outside letters, digits, '-' and '.' are refused by validHost.
 	if !validHost(host) {
 		return u, DetailHost
 	}
