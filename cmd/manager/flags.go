@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
+	"github.com/Kilo-Org/kilo-session-operator/internal/pki"
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
 )
 
@@ -17,8 +18,8 @@ const (
 	// certModeSelfManaged: the manager keeps a CA and a serving certificate in a Secret, rotates them, and patches
 	// the caBundle of the MutatingWebhookConfiguration (the default: no dependency on cert-manager).
 	certModeSelfManaged = "self-managed"
-	// certModeCertManager: cert-manager issues the serving certificate into a Secret mounted at --webhook-cert-dir
-	// and injects the caBundle; the manager only serves, reloading the files when they change.
+	// certModeCertManager: a cert-manager Certificate writes the serving certificate into --webhook-secret-name
+	// and cainjector patches the caBundle; the manager only serves it, reloading when the Secret changes.
 	certModeCertManager = "cert-manager"
 )
 
@@ -82,11 +83,10 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.webhookHost, "webhook-bind-host", "", "address the webhook server binds to (default: all)")
 	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "port the webhook server listens on")
 	fs.StringVar(&o.webhookCertMode, "webhook-cert-mode", certModeSelfManaged, "who provides the webhook serving certificate: self-managed or cert-manager")
-	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "cert-manager mode: directory holding tls.crt and tls.key (the mounted Certificate Secret)")
-	fs.StringVar(&o.webhookConfigName, "webhook-config-name", "kilo-session-operator-mutating-webhook-configuration", "self-managed mode: MutatingWebhookConfiguration whose caBundle the manager patches")
-	fs.StringVar(&o.webhookServiceName, "webhook-service-name", "kilo-webhook-service", "self-managed mode: Service fronting the webhook; the serving certificate names <service>.<namespace>.svc")
-	fs.StringVar(&o.webhookSecretName, "webhook-secret-name", "kilo-webhook-server-cert", "self-managed mode: Secret holding the webhook CA and serving certificate")
-	fs.Var(&o.webhookExtraSANs, "webhook-extra-san", "self-managed mode: extra DNS names or IP addresses for the serving certificate (comma-separated, repeatable); e.g. 127.0.0.1 when the API server calls the webhook by URL")
+	fs.StringVar(&o.webhookConfigName, "webhook-config-name", pki.DefaultWebhookConfiguration, "self-managed mode: MutatingWebhookConfiguration whose caBundle the manager patches")
+	fs.StringVar(&o.webhookServiceName, "webhook-service-name", pki.DefaultWebhookService, "Service fronting the webhook; the self-managed serving certificate names <service>.<namespace>.svc")
+	fs.StringVar(&o.webhookSecretName, "webhook-secret-name", pki.DefaultWebhookSecret, "Secret in the operator namespace holding the webhook serving certificate (self-managed: written by the manager; cert-manager: by the Certificate)")
+	fs.Var(&o.webhookExtraSANs, "webhook-extra-san", "self-managed mode: extra DNS names or IP addresses for the serving certificate (comma-separated, repeatable), e.g. 127.0.0.1 when the API server calls the webhook by URL")
 	fs.Var(&o.watchNamespaces, "namespace", "namespaces to watch for KiloSessions and session pods (comma-separated, repeatable; default: all)")
 	fs.StringVar(&o.operatorNamespace, "operator-namespace", defaultOperatorNamespace(), "namespace the manager and egress run in (holds the key ring, the certificates and the CA bundle); default $POD_NAMESPACE")
 	fs.StringVar(&o.keyRingSecret, "key-ring-secret", kilov1alpha1.DefaultKeyRingSecret, "Secret in the operator namespace holding the capability key ring; created with a fresh key when absent")

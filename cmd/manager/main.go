@@ -24,7 +24,9 @@ import (
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
 	"github.com/Kilo-Org/kilo-session-operator/internal/controller"
+	"github.com/Kilo-Org/kilo-session-operator/internal/pki"
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
+	kilowebhook "github.com/Kilo-Org/kilo-session-operator/internal/webhook"
 )
 
 var (
@@ -67,13 +69,30 @@ func run(o *options) error {
 		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
 	}
 
-	webhookTLSOpts := append([]func(*tls.Config){}, tlsOpts...)
-	webhookOpts := webhook.Options{Host: o.webhookHost, Port: o.webhookPort, TLSOpts: webhookTLSOpts}
-	if o.webhookCertMode == certModeCertManager {
-		// controller-runtime's certwatcher reloads the mounted files when cert-manager renews them.
-		webhookOpts.CertDir = o.webhookCertDir
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading the kubeconfig: %w", err)
 	}
-	// TODO(integration): self-managed mode adds a GetCertificate from internal/pki's serving-cert manager here.
+
+	// The webhook serving certificate comes from a Secret, served through GetCertificate and swapped on the next
+	// handshake when the Secret changes. Self-managed: this manager's leader also creates, renews and rotates it
+	// and patches the caBundle. cert-manager: a Certificate writes it and cainjector patches, so read only.
+	hosts := []string{o.webhookServiceName + "." + o.operatorNamespace + ".svc", o.webhookServiceName + "." + o.operatorNamespace + ".svc.cluster.local"}
+	hosts = append(hosts, o.webhookExtraSANs...)
+	certs, err := pki.NewWebhookCertManager(cfg, pki.WebhookCertOptions{
+		Namespace:         o.operatorNamespace,
+		SecretName:        o.webhookSecretName,
+		ReadOnly:          o.webhookCertMode == certModeCertManager,
+		WebhookConfigName: o.webhookConfigName,
+		ServiceName:       o.webhookServiceName,
+		Hosts:             hosts,
+	})
+	if err != nil {
+		return fmt.Errorf("setting up webhook certificates: %w", err)
+	}
+	webhookTLSOpts := append([]func(*tls.Config){}, tlsOpts...)
+	webhookTLSOpts = append(webhookTLSOpts, certs.ConfigureTLS)
+	webhookOpts := webhook.Options{Host: o.webhookHost, Port: o.webhookPort, TLSOpts: webhookTLSOpts}
 
 	metricsOpts := metricsserver.Options{
 		BindAddress:   o.metricsAddr,
@@ -95,10 +114,6 @@ func run(o *options) error {
 		}
 	}
 
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
-		return fmt.Errorf("loading the kubeconfig: %w", err)
-	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
@@ -111,7 +126,6 @@ func run(o *options) error {
 		// the lease duration. Safe because the process exits right after the manager stops.
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         cacheOpts,
-		Client:                        ctrlClientOptions(),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -122,11 +136,24 @@ func run(o *options) error {
 	if err != nil {
 		return fmt.Errorf("setting up the key ring source: %w", err)
 	}
-	_ = keyRing
-	_ = allowList
-	// TODO(integration): KiloSession reconciler (internal/controller) with keyRing and allowList.
-	// TODO(integration): pod-injection webhook (internal/webhook) with the egress proxy URL, NO_PROXY and service CIDRs.
-	// TODO(integration): self-managed webhook certificates and the trust-bundle reconciler (internal/webhook, internal/pki).
+	if err := (&controller.KiloSessionReconciler{
+		KeyRing:                 keyRing,
+		AllowList:               allowList,
+		MaxConcurrentReconciles: o.maxConcurrentReconciles,
+		WatchNamespaces:         o.watchNamespaces,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the KiloSession controller: %w", err)
+	}
+	if err := certs.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up webhook certificate management: %w", err)
+	}
+	if err := kilowebhook.Setup(mgr, kilowebhook.Options{
+		ProxyURL: o.egressProxyURL,
+		NoProxy:  append(append([]string{}, o.serviceCIDRs...), o.noProxy...),
+	}); err != nil {
+		return fmt.Errorf("setting up the pod-injection webhook: %w", err)
+	}
+	// TODO(integration): the trust-bundle reconciler (egress CA bundle → session namespaces), helper 4.
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding the health check: %w", err)
@@ -135,6 +162,9 @@ func run(o *options) error {
 	// failurePolicy Fail an unready webhook would block every session pod.
 	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 		return fmt.Errorf("adding the readiness check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("webhook-certificate", certs.ReadyCheck()); err != nil {
+		return fmt.Errorf("adding the certificate readiness check: %w", err)
 	}
 
 	setupLog.Info("Starting manager", "operatorNamespace", o.operatorNamespace, "watchNamespaces", o.watchNamespaces.String(),
