@@ -1,9 +1,12 @@
 package capability
 
 import (
+	"encoding/binary"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // The claims JSON reader and writer.
@@ -71,6 +74,52 @@ const (
 type claimsScanner struct {
 	s string
 	i int
+	// plain: the text holds no backslash and no byte below 0x20, so no string needs unescaping or control-character
+	// checks and a string ends at the next '"' (found with the vectorised strings.IndexByte).
+	plain bool
+}
+
+// parseClaimsText checks and parses an opened plaintext as the Node side does: TextDecoder('utf-8', {fatal: true})
+// (invalid UTF-8 fails, one leading BOM is dropped), then JSON.parse with a duplicate-key check, then
+// validateClaims. pt must not be modified afterwards: the claims' strings share its memory.
+func parseClaimsText(pt []byte, c *Claims) string {
+	valid, plain := scanPlaintext(pt)
+	if !valid {
+		return "claims are not valid UTF-8"
+	}
+	if len(pt) >= 3 && pt[0] == 0xEF && pt[1] == 0xBB && pt[2] == 0xBF {
+		pt = pt[3:]
+	}
+	if len(pt) == 0 {
+		return errNotJSON
+	}
+	return parseClaims(unsafe.String(&pt[0], len(pt)), plain, c)
+}
+
+// scanPlaintext reports whether b is valid UTF-8 and whether it is plain: free of '\\' and of bytes below 0x20,
+// so that no string in it needs unescaping or control-character checks. ASCII is checked eight bytes at a time;
+// the bit tricks (Hacker's Delight "has less than" and "has zero byte") can flag a byte falsely only above a true
+// hit in the same word, so the answer is exact.
+func scanPlaintext(b []byte) (validUTF8, plain bool) {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		w := binary.LittleEndian.Uint64(b[i:])
+		if w&highs != 0 {
+			break // non-ASCII: the general loops below take over from here
+		}
+		bs := w ^ ('\\' * ones)
+		if ((w-0x20*ones)&^w|(bs-ones)&^bs)&highs != 0 {
+			return utf8.Valid(b[i:]), false
+		}
+	}
+	tail := b[i:]
+	for _, c := range tail {
+		if c < 0x20 || c == '\\' {
+			return utf8.Valid(tail), false
+		}
+	}
+	return utf8.Valid(tail), true
 }
 
 func (p *claimsScanner) ws() {
@@ -103,10 +152,10 @@ func (p *claimsScanner) peek() byte {
 	return 0
 }
 
-// parseClaims reads and validates the claims text (already known to be valid UTF-8). It returns "" on success, or
-// the detail of the first rule broken.
-func parseClaims(text string, c *Claims) string {
-	p := claimsScanner{s: text}
+// parseClaims reads and validates the claims text (already known to be valid UTF-8; plain as scanPlaintext
+// says). It returns "" on success, or the detail of the first rule broken.
+func parseClaims(text string, plain bool, c *Claims) string {
+	p := claimsScanner{s: text, plain: plain}
 	if !p.expect('{') {
 		return errNotJSON
 	}
@@ -303,6 +352,14 @@ func (p *claimsScanner) stringValue() (string, string) {
 func (p *claimsScanner) str() (string, string) {
 	s := p.s
 	start := p.i + 1
+	if p.plain {
+		j := strings.IndexByte(s[start:], '"')
+		if j < 0 {
+			return "", errBadString
+		}
+		p.i = start + j + 1
+		return s[start : start+j], ""
+	}
 	i := start
 	for ; i < len(s); i++ {
 		c := s[i]

@@ -15,6 +15,14 @@ import "strings"
 // implemented; such URLs are refused. (The request policy accepts only ASCII https hosts anyway.)
 // TestTargetURLMatchesNode checks the rest against Node.
 func validTargetURL(s string) bool {
+	if valid, decided := fastValidTargetURL(s); decided {
+		return valid
+	}
+	return parseTargetURL(s)
+}
+
+// parseTargetURL is the general path of validTargetURL: the failure-relevant states of the WHATWG basic URL parser.
+func parseTargetURL(s string) bool {
 	// Leading and trailing C0 controls and spaces are stripped; tabs and newlines anywhere are removed.
 	for len(s) > 0 && s[0] <= 0x20 {
 		s = s[1:]
@@ -22,8 +30,11 @@ func validTargetURL(s string) bool {
 	for len(s) > 0 && s[len(s)-1] <= 0x20 {
 		s = s[:len(s)-1]
 	}
-	if strings.ContainsAny(s, "\t\n\r") {
-		s = strings.NewReplacer("\t", "", "\n", "", "\r", "").Replace(s)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\t' || c == '\n' || c == '\r' {
+			s = strings.NewReplacer("\t", "", "\n", "", "\r", "").Replace(s) // rare: allocate only then
+			break
+		}
 	}
 
 	// Scheme: an ASCII letter, then letters, digits, '+', '-' or '.', then ':'. Without a base URL, anything else
@@ -69,22 +80,75 @@ func validTargetURL(s string) bool {
 	}
 }
 
+// fastValidTargetURL decides the common case — http(s)://lower-or-upper-LDH-host[:port] followed by nothing or a
+// path, query or fragment — in one short pass; it returns decided=false for anything else, which the full parser
+// then handles. It only ever says "valid" for inputs the full parser also accepts: the rest of the URL after the
+// authority cannot make a special URL fail, and a host whose last label starts with a digit (a possible IPv4
+// address) or any label starting with "xn--" is left to the full parser.
+func fastValidTargetURL(s string) (valid, decided bool) {
+	var rest string
+	switch {
+	case strings.HasPrefix(s, "https://"):
+		rest = s[len("https://"):]
+	case strings.HasPrefix(s, "http://"):
+		rest = s[len("http://"):]
+	default:
+		return false, false
+	}
+	j, lastLabel := 0, 0
+	for ; j < len(rest); j++ {
+		c := rest[j]
+		switch {
+		case 'a' <= c|0x20 && c|0x20 <= 'z' || '0' <= c && c <= '9' || c == '-':
+			if j == lastLabel && c|0x20 == 'x' && len(rest)-j >= 4 && strings.EqualFold(rest[j+1:j+4], "n--") {
+				return false, false
+			}
+			continue
+		case c == '.':
+			if j == lastLabel { // empty label: leave "a..b" and ".a" to the full parser
+				return false, false
+			}
+			lastLabel = j + 1
+			continue
+		}
+		break
+	}
+	if j == 0 || lastLabel == j || isDigit(rest[lastLabel]) {
+		return false, false
+	}
+	switch rest = rest[j:]; {
+	case rest == "" || rest[0] == '/' || rest[0] == '?' || rest[0] == '#':
+		return true, true
+	case rest[0] == ':':
+		v, k := 0, 1
+		for ; k < len(rest) && isDigit(rest[k]) && k <= 5; k++ {
+			v = v*10 + int(rest[k]-'0')
+		}
+		if k > 1 && v <= 65535 && (k == len(rest) || rest[k] == '/' || rest[k] == '?' || rest[k] == '#') {
+			return true, true
+		}
+	}
+	return false, false
+}
+
 // validAuthority runs the authority, host and port states over rest (the input after the "//").
 func validAuthority(rest string, special bool) bool {
-	delims := "/?#"
-	if special {
-		delims = `/\?#`
-	}
-	auth := rest
-	if j := strings.IndexAny(rest, delims); j >= 0 {
-		auth = rest[:j]
-	}
-	// Credentials end at the last '@'; an '@' with nothing after it is a missing host.
-	if j := strings.LastIndexByte(auth, '@'); j >= 0 {
-		auth = auth[j+1:]
-		if auth == "" {
-			return false
+	// One pass finds the end of the authority (the first '/', '?', '#', or '\\' when special) and the last '@'
+	// in it: credentials end at the last '@'.
+	end, at := len(rest), -1
+	for j := 0; j < len(rest); j++ {
+		c := rest[j]
+		if c == '/' || c == '?' || c == '#' || (special && c == '\\') {
+			end = j
+			break
 		}
+		if c == '@' {
+			at = j
+		}
+	}
+	auth := rest[at+1 : end]
+	if at >= 0 && auth == "" { // an '@' with nothing after it is a missing host
+		return false
 	}
 	// The host ends at the first ':' outside brackets; the port follows.
 	host, port, hasPort := auth, "", false
@@ -155,6 +219,7 @@ func validHost(host string, special bool) bool {
 		}
 		domain = string(d)
 	}
+	labelStart := 0
 	for j := 0; j < len(domain); j++ {
 		c := domain[j]
 		if c >= 0x80 {
@@ -163,10 +228,11 @@ func validHost(host string, special bool) bool {
 		if c <= 0x1F || c == 0x7F || c == '%' || isForbiddenHostByte(c) {
 			return false
 		}
-	}
-	for label := range strings.SplitSeq(domain, ".") {
-		if len(label) >= 4 && strings.EqualFold(label[:4], "xn--") {
+		if j == labelStart && (c == 'x' || c == 'X') && len(domain)-j >= 4 && strings.EqualFold(domain[j:j+4], "xn--") {
 			return false // needs Punycode validation: refused (see validTargetURL)
+		}
+		if c == '.' {
+			labelStart = j + 1
 		}
 	}
 	if endsInANumber(domain) {

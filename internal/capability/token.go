@@ -1,7 +1,6 @@
 package capability
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"strings"
@@ -52,37 +51,21 @@ func Decode(r *KeyRing, token string, now time.Time) (*Claims, error) {
 	if ctLen < 1 {
 		return nil, invalid("token ciphertext is not canonical base64 of at least 1 byte")
 	}
-	// One allocation holds the sealed input (ciphertext || tag, the layout Go's GCM expects) and, after it, room
-	// for the plaintext. The plaintext must not share storage with the input: a failed Open may overwrite its
-	// destination, and the next key needs the input intact.
-	buf := make([]byte, 2*ctLen+tagSize)
-	defer clear(buf) // after Open it holds the plaintext, raw tokens included; only the copy in Claims survives
-	sealed := buf[:ctLen+tagSize]
+	// sealed is ciphertext || tag, the layout Go's GCM expects. The plaintext is opened in place into the same
+	// storage and never written again, so the claims' strings can point into it without another copy.
+	sealed := make([]byte, ctLen+tagSize)
 	if !b64Decode(sealed[ctLen:], tagText) {
 		return nil, invalid("token tag is not canonical base64 of 16 bytes")
 	}
 	if !b64Decode(sealed[:ctLen], ctText) {
 		return nil, invalid("token ciphertext is not canonical base64 of at least 1 byte")
 	}
-	var pt []byte
-	for _, aead := range r.aeads {
-		out, err := aead.Open(buf[ctLen+tagSize:ctLen+tagSize], iv[:], sealed, nil)
-		if err == nil {
-			pt = out
-			break
-		}
-	}
-	if pt == nil {
+	pt, ok := r.open(iv[:], sealed)
+	if !ok {
 		return nil, invalid("no key in the ring opens the token")
 	}
-
-	// TextDecoder('utf-8', {fatal: true}) on the Node side: invalid UTF-8 fails, one leading BOM is dropped.
-	if !utf8.Valid(pt) {
-		return nil, invalid("claims are not valid UTF-8")
-	}
-	pt = bytes.TrimPrefix(pt, []byte("\uFEFF"))
 	c := new(Claims)
-	if detail := parseClaims(string(pt), c); detail != "" {
+	if detail := parseClaimsText(pt, c); detail != "" {
 		return nil, invalid(detail)
 	}
 
@@ -94,6 +77,28 @@ func Decode(r *KeyRing, token string, now time.Time) (*Claims, error) {
 		return nil, &Error{Reason: ReasonExpired, Detail: "token expired"}
 	}
 	return c, nil
+}
+
+// open tries every key on sealed (ciphertext || tag). A failed GCM open may overwrite its destination, so every
+// key but the last opens into scratch space and the last one opens in place.
+func (r *KeyRing) open(iv, sealed []byte) ([]byte, bool) {
+	last := len(r.aeads) - 1
+	var scratch []byte
+	for i, aead := range r.aeads {
+		var dst []byte
+		if i == last {
+			dst = sealed[:0]
+		} else {
+			if scratch == nil {
+				scratch = make([]byte, 0, len(sealed)-tagSize)
+			}
+			dst = scratch[:0]
+		}
+		if pt, err := aead.Open(dst, iv, sealed, nil); err == nil {
+			return pt, true
+		}
+	}
+	return nil, false
 }
 
 // Issue seals a token for s, valid from now for lifetime (0 means MaxLifetime; otherwise MinLifetime to
@@ -123,17 +128,25 @@ func Issue(r *KeyRing, s Subject, now time.Time, lifetime time.Duration) (string
 		return "", nil, invalid(detail)
 	}
 
+	var iv [ivSize]byte
+	_, _ = rand.Read(iv[:]) // crypto/rand.Read never fails; it crashes the program if the OS cannot supply entropy
+	tok, err := r.seal(iv, c)
+	if err != nil {
+		return "", nil, err
+	}
+	return tok, c, nil
+}
+
+// seal serialises c exactly as the Node reference does and seals it with the ring's first key under iv.
+func (r *KeyRing) seal(iv [ivSize]byte, c *Claims) (string, error) {
 	pt := c.appendJSON(make([]byte, 0, 1024), true, true)
-	defer clear(pt)
+	defer clear(pt) // the raw tokens
 	size := len(Prefix) + 2*base64.StdEncoding.EncodedLen(ivSize) + 2 + base64.StdEncoding.EncodedLen(len(pt))
 	if size > MaxTokenChars {
-		return "", nil, invalid("claims are too large: the token would exceed 65536 characters")
+		return "", invalid("claims are too large: the token would exceed 65536 characters")
 	}
-	var iv [ivSize]byte
-	_, _ = rand.Read(iv[:])                        // crypto/rand.Read never fails; it crashes the program if the OS cannot supply entropy
 	sealed := r.aeads[0].Seal(nil, iv[:], pt, nil) // ciphertext || tag
 	ct, tag := sealed[:len(pt)], sealed[len(pt):]
-
 	out := make([]byte, 0, size)
 	out = append(out, Prefix...)
 	out = base64.StdEncoding.AppendEncode(out, iv[:])
@@ -141,7 +154,7 @@ func Issue(r *KeyRing, s Subject, now time.Time, lifetime time.Duration) (string
 	out = base64.StdEncoding.AppendEncode(out, tag)
 	out = append(out, ':')
 	out = base64.StdEncoding.AppendEncode(out, ct)
-	return string(out), c, nil
+	return string(out), nil
 }
 
 // validateSubject applies the schema rules to what the caller supplies: every string non-empty (providerToken
