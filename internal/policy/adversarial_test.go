@@ -215,7 +215,9 @@ var tricks = []trick{
 	{"absolute path only", "", func(v view) string { return v.bpath + "/api/users/me" }, always(refused(DetailNotAbsolute))},
 	{"opaque", "", func(v view) string { return v.scheme + ":" + v.host + v.port + v.bpath + "/api/users/me" }, always(refused(DetailNotAbsolute))},
 	{"one slash", "", func(v view) string { return v.scheme + ":/" + v.host + v.port + v.bpath + "/api/users/me" }, always(refused(DetailNotAbsolute))},
-	{"upper-case scheme", "", func(v view) string { return strings.ToUpper(v.scheme) + strings.TrimPrefix(v.backend, v.scheme) + "/api/users/me" }, always(ok(RouteBackendAPI))},
+	{"upper-case scheme", "", func(v view) string {
+		return strings.ToUpper(v.scheme) + strings.TrimPrefix(v.backend, v.scheme) + "/api/users/me"
+	}, always(ok(RouteBackendAPI))},
 	{"other scheme", "", func(v view) string { return "ftp://" + v.host + v.port + "/" }, always(refused(DetailScheme))},
 	{"javascript scheme", "", func(view) string { return "javascript:alert(1)" }, always(refused(DetailScheme))},
 	{"plain http to a remote host", "", func(v view) string { return "http://api.kilo.ai/api/users/me" }, always(refused(DetailHTTPNotLocal))},
