@@ -78,11 +78,19 @@ type capabilityCache struct{ cache.Cache }
 
 func (c capabilityCache) GetCache() cache.Cache { return c.Cache }
 
-func newCapabilityCache(mgr manager.Manager) (cache.Cache, error) {
+func newCapabilityCache(mgr manager.Manager, namespaces []string) (cache.Cache, error) {
+	var defaultNamespaces map[string]cache.Config
+	if len(namespaces) > 0 {
+		defaultNamespaces = make(map[string]cache.Config, len(namespaces))
+		for _, ns := range namespaces {
+			defaultNamespaces[ns] = cache.Config{}
+		}
+	}
 	c, err := cache.New(mgr.GetConfig(), cache.Options{
-		HTTPClient: mgr.GetHTTPClient(),
-		Scheme:     mgr.GetScheme(),
-		Mapper:     mgr.GetRESTMapper(),
+		DefaultNamespaces: defaultNamespaces,
+		HTTPClient:        mgr.GetHTTPClient(),
+		Scheme:            mgr.GetScheme(),
+		Mapper:            mgr.GetRESTMapper(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {
 				Label:     capabilitySecretSelector(),

@@ -91,6 +91,9 @@ type KiloSessionReconciler struct {
 	MaxConcurrentReconciles int
 	// WriteConcurrency bounds the Secret writes in flight within one reconcile (default 16).
 	WriteConcurrency int
+	// WatchNamespaces restricts the controller's private capability Secret cache to these namespaces; set it to
+	// the namespaces the manager's cache is restricted to (DefaultNamespaces). Empty means cluster-wide.
+	WatchNamespaces []string
 
 	// capabilities is the controller-private cache of capability Secrets (see cache.go).
 	capabilities client.Reader
@@ -156,7 +159,7 @@ func (r *KiloSessionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("indexing KiloSessions by token Secret: %w", err)
 	}
 
-	capCache, err := newCapabilityCache(mgr)
+	capCache, err := newCapabilityCache(mgr, r.WatchNamespaces)
 	if err != nil {
 		return err
 	}
