@@ -40,7 +40,7 @@ type compiledRule struct {
 }
 
 // Policy carries operator-configured backend deny rules. A nil *Policy means no extra rules; the built-in
-// credential-minting deny applies either way.
+// credential-minting deny applies either way. Immutable after New and safe for concurrent use.
 type Policy struct {
 	rules []compiledRule
 }

@@ -33,7 +33,8 @@ func (t *target) contains(origin, path string) bool {
 	return origin == t.origin && (t.base == "" || equalOrBelow(path, t.base))
 }
 
-// ParsedTargets are validated targets with every prefix Classify needs computed once.
+// ParsedTargets are validated targets with every prefix Classify needs computed once. Immutable, so one value may
+// be shared by any number of goroutines (and cached with the verified claims it came from).
 type ParsedTargets struct {
 	backend, provider, ingest target
 
