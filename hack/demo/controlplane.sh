@@ -33,6 +33,14 @@ start_bg() {
   # setsid: each component gets its own process group, so cleanup can stop it and anything it spawned.
   setsid "$@" >"$WORK/logs/$name.log" 2>&1 < /dev/null &
   echo "$! $name" >>"$WORK/pids"
+  # pids.all outlives cleanup, so a test can prove every process is gone.
+  echo "$! $name" >>"$WORK/pids.all"
+}
+
+# running PID: the process exists and is not a zombie (an exited child its parent has not reaped yet).
+running() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != "Z" ]]
 }
 
 # stop_all: stops every process start_bg started, newest first, politely then firmly.
@@ -45,13 +53,14 @@ stop_all() {
   local deadline=$(( SECONDS + 10 ))
   while (( SECONDS < deadline )); do
     local alive=0
-    while read -r pid name; do kill -0 "$pid" 2>/dev/null && alive=1; done <"$WORK/pids"
+    while read -r pid name; do running "$pid" && alive=1; done <"$WORK/pids"
     (( alive )) || break
     sleep 0.2
   done
   while read -r pid name; do
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   done <"$WORK/pids"
+  wait 2>/dev/null || true # reap our children so none lingers as a zombie
   rm -f "$WORK/pids"
 }
 
@@ -59,7 +68,7 @@ stop_all() {
 alive() {
   local pid name
   while read -r pid name; do
-    if [[ "$name" == "$1" ]] && ! kill -0 "$pid" 2>/dev/null; then
+    if [[ "$name" == "$1" ]] && ! running "$pid"; then
       echo "$1 exited; last lines of $WORK/logs/$1.log:" >&2
       tail -n 30 "$WORK/logs/$1.log" >&2
       return 1
