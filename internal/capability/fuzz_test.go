@@ -293,4 +293,3 @@ func FuzzClaimsJSONDifferential(f *testing.F) {
 		}
 	})
 }
-
