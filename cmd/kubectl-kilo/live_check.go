@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,15 +42,6 @@ func isLiveCheck(args []string) bool {
 		}
 	}
 	return true
-}
-
-// liveDecision is the JSON line the live check prints; the same shape as the offline form's.
-type liveDecision struct {
-	Allowed    bool   `json:"allowed"`
-	RouteClass string `json:"routeClass,omitempty"`
-	Credential string `json:"credential,omitempty"`
-	Reason     string `json:"reason,omitempty"`
-	Detail     string `json:"detail,omitempty"`
 }
 
 func runLiveCheck(args []string, stdout, stderr io.Writer) int {
@@ -100,25 +90,19 @@ func runLiveCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	d := liveCheck(&ks, rawURL, *method, *bootstrap, allowList)
-	b, _ := json.Marshal(d)
-	fmt.Fprintln(stdout, string(b))
-	if !d.Allowed {
-		return 1
-	}
-	return 0
+	return writeAnswer(stdout, liveCheck(&ks, rawURL, *method, *bootstrap, allowList))
 }
 
 // liveCheck runs, in the egress's order, the parts of the redeem decision that do not need the capability itself:
 // revocation by suspension, the session's target validity, the policy, the cluster allow-list.
-func liveCheck(ks *kilov1alpha1.KiloSession, rawURL, method, bootstrap string, allow *policy.AllowList) liveDecision {
+func liveCheck(ks *kilov1alpha1.KiloSession, rawURL, method, bootstrap string, allow *policy.AllowList) checkAnswer {
 	if ks.Spec.Suspend {
-		return liveDecision{Reason: string(redeem.ReasonRevoked), Detail: "session is suspended"}
+		return checkAnswer{Reason: string(redeem.ReasonRevoked), Detail: "session is suspended"}
 	}
 	if c := meta.FindStatusCondition(ks.Status.Conditions, kilov1alpha1.TargetsValidCondition); c != nil && c.Status != "True" {
 		// The manager refused these targets (bad shape or outside its allow-list), so no capability exists for
 		// them: nothing would be redeemed, whatever the URL.
-		return liveDecision{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "session targets rejected by the operator: " + c.Reason}
+		return checkAnswer{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "session targets rejected by the operator: " + c.Reason}
 	}
 	targets, err := policy.ParseTargets(policy.Targets{
 		BackendBaseURL:       ks.Spec.Targets.BackendBaseURL,
@@ -126,7 +110,7 @@ func liveCheck(ks *kilov1alpha1.KiloSession, rawURL, method, bootstrap string, a
 		SessionIngestBaseURL: ks.Spec.Targets.SessionIngestBaseURL,
 	})
 	if err != nil {
-		return liveDecision{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "session targets invalid: " + err.Error()}
+		return checkAnswer{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "session targets invalid: " + err.Error()}
 	}
 	rules := make([]policy.DenyRule, 0, len(ks.Spec.BackendDenyRules))
 	for _, r := range ks.Spec.BackendDenyRules {
@@ -134,7 +118,7 @@ func liveCheck(ks *kilov1alpha1.KiloSession, rawURL, method, bootstrap string, a
 	}
 	p, err := policy.New(rules)
 	if err != nil {
-		return liveDecision{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "session deny rules invalid: " + err.Error()}
+		return checkAnswer{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "session deny rules invalid: " + err.Error()}
 	}
 	dec := p.Classify(policy.Request{
 		URL:                rawURL,
@@ -143,13 +127,10 @@ func liveCheck(ks *kilov1alpha1.KiloSession, rawURL, method, bootstrap string, a
 		BootstrapSessionID: bootstrap,
 		HasProviderToken:   ks.Spec.ProviderTokenSecretRef != nil,
 	}, targets)
-	if !dec.Allowed {
-		return liveDecision{Reason: string(dec.Reason), Detail: dec.Detail}
+	if dec.Allowed && allow != nil && !allow.Allows(dec.Origin) {
+		return checkAnswer{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "origin not in the upstream allow-list"}
 	}
-	if allow != nil && !allow.Allows(dec.Origin) {
-		return liveDecision{Reason: string(policy.ReasonUpstreamNotAllowed), Detail: "origin not in the upstream allow-list"}
-	}
-	return liveDecision{Allowed: true, RouteClass: string(dec.RouteClass), Credential: string(dec.Credential)}
+	return answerOf(dec)
 }
 
 func splitList(s string) []string {
