@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/Kilo-Org/kilo-session-operator/internal/capability"
 	"github.com/Kilo-Org/kilo-session-operator/internal/redeem"
 )
 
@@ -161,6 +162,12 @@ func (p *Proxy) handleRequest(w http.ResponseWriter, r *http.Request, x exchange
 		})
 		var ref *redeem.Refusal
 		switch {
+		case errors.As(err, &ref) && ref.Reason == redeem.Reason(capability.ReasonConfiguration):
+			// No key ring loaded, or a bad one: the cluster's fault, not the capability's. Fail closed with 502.
+			p.log.Info("Redeem decision unavailable", "reason", string(ref.Reason), "detail", ref.Detail, "host", x.auth.hostport)
+			p.m.requests.WithLabelValues(routeNone, outcomeRedeemError).Inc()
+			writeJSON(w, http.StatusBadGateway, errUnavailable, string(ref.Reason))
+			return
 		case errors.As(err, &ref):
 			p.log.V(1).Info("Refused capability", "reason", string(ref.Reason), "detail", ref.Detail,
 				"method", r.Method, "host", x.auth.hostport, "pod", caller.Namespace+"/"+caller.Name)
