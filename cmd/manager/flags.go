@@ -88,7 +88,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.webhookSecretName, "webhook-secret-name", pki.DefaultWebhookSecret, "Secret in the operator namespace holding the webhook serving certificate (self-managed: written by the manager; cert-manager: by the Certificate)")
 	fs.Var(&o.webhookExtraSANs, "webhook-extra-san", "self-managed mode: extra DNS names or IP addresses for the serving certificate (comma-separated, repeatable), e.g. 127.0.0.1 when the API server calls the webhook by URL")
 	fs.Var(&o.watchNamespaces, "namespace", "namespaces to watch for KiloSessions and session pods (comma-separated, repeatable; default: all)")
-	fs.StringVar(&o.operatorNamespace, "operator-namespace", defaultOperatorNamespace(), "namespace the manager and egress run in (holds the key ring, the certificates and the CA bundle); default $POD_NAMESPACE")
+	fs.StringVar(&o.operatorNamespace, "operator-namespace", defaultOperatorNamespace(), "namespace the manager and egress run in (holds the key ring, the certificates and the CA bundle); $POD_NAMESPACE when set")
 	fs.StringVar(&o.keyRingSecret, "key-ring-secret", kilov1alpha1.DefaultKeyRingSecret, "Secret in the operator namespace holding the capability key ring; created with a fresh key when absent")
 	fs.Var(&o.upstreamAllowList, "upstream-allowlist", "upstream origins credentials may ever be sent to (comma-separated, repeatable; default "+strings.Join(policy.DefaultAllowList, ",")+"); a KiloSession cannot widen it")
 	fs.StringVar(&o.egressProxyURL, "egress-proxy-url", "", fmt.Sprintf("proxy URL injected into session pods (default http://%s.<operator-namespace>.svc:%d)", kilov1alpha1.DefaultEgressService, kilov1alpha1.DefaultProxyPort))
