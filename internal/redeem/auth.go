@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"golang.org/x/sync/singleflight"
 )
 
 // RedeemAudience is the audience a caller's ServiceAccount token must be issued for. A token minted for the API

@@ -52,7 +52,7 @@ type Result struct {
 // Refusal is the error Decide returns for every refused redemption.
 type Refusal struct {
 	Reason Reason
-	Detail string // a fixed phrase chosen here: never token material, never any part of the URL
+	Detail string // a fixed phrase (this package's, the codec's or the policy's): never token material or URL text
 }
 
 func (r *Refusal) Error() string { return string(r.Reason) }
@@ -65,7 +65,9 @@ type KeyRingSource interface {
 }
 
 // KeyRingHolder is a KeyRingSource the egress swaps when the key ring Secret changes.
-type KeyRingHolder struct{ p atomic.Pointer[capability.KeyRing] }
+type KeyRingHolder struct {
+	p atomic.Pointer[capability.KeyRing]
+}
 
 // NewKeyRingHolder returns a holder with ring (which may be nil: not loaded yet).
 func NewKeyRingHolder(ring *capability.KeyRing) *KeyRingHolder {
@@ -212,7 +214,12 @@ func (d *Decider) decide(req Request) (Result, *Refusal) {
 		d.metrics.cacheMiss.Inc()
 		claims, err := capability.Decode(ring, req.Capability, now)
 		if err != nil {
-			return Result{}, refuse(Reason(capability.ReasonOf(err)), "the capability did not decode")
+			detail := "the capability did not decode"
+			var ce *capability.Error
+			if errors.As(err, &ce) && ce.Detail != "" {
+				detail = ce.Detail // a fixed phrase of the codec, never token material
+			}
+			return Result{}, refuse(Reason(capability.ReasonOf(err)), detail)
 		}
 		e = newClaimsEntry(ring, claims)
 		d.cache.put(req.Capability, e)
@@ -262,7 +269,11 @@ func (d *Decider) decide(req Request) (Result, *Refusal) {
 		if r == "" {
 			r = ReasonUpstreamNotAllowed // fail closed on a refusal without a reason
 		}
-		return Result{}, refuse(r, "the policy refused the request")
+		detail := dec.Detail // one of the policy's fixed Detail* constants
+		if detail == "" {
+			detail = "the policy refused the request"
+		}
+		return Result{}, refuse(r, detail)
 	}
 	// Defence in depth: even a capability whose targets were wider than the allow-list cannot reach an origin
 	// outside it (DESIGN.md §5).
@@ -340,7 +351,9 @@ func (d *Decider) logRefusal(req Request, ref *Refusal) {
 
 const redacted = "[REDACTED]"
 
-// scrub redacts s when it holds the capability marker or any sizeable piece of the presented capability.
+// scrub redacts s when it holds the capability marker or shares any run of scrubRun characters with the
+// presented capability: a URL holding a fragment of the capability, however cut or escaped, is not logged. It
+// costs O(len(s)·len(capability)), which only the rate-limited refusal log pays.
 func scrub(s, capability string) string {
 	if s == "" {
 		return s
@@ -348,15 +361,17 @@ func scrub(s, capability string) string {
 	if strings.Contains(strings.ToLower(s), "kka1") {
 		return redacted
 	}
-	for _, part := range strings.FieldsFunc(strings.TrimPrefix(capability, "kka1."), func(r rune) bool {
-		return r == ':' || r == '/' || r == '+' || r == '='
-	}) {
-		if len(part) >= 8 && strings.Contains(s, part) {
+	for i := 0; i+scrubRun <= len(s) && len(capability) >= scrubRun; i++ {
+		if strings.Contains(capability, s[i:i+scrubRun]) {
 			return redacted
 		}
 	}
 	return s
 }
+
+// scrubRun is long enough that ordinary path text never matches a base64 run by chance, short enough that any
+// useful piece of a capability does.
+const scrubRun = 10
 
 // methodLabel keeps a caller-chosen method out of the log unless it is a standard one.
 func methodLabel(m string) string {
