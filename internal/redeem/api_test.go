@@ -137,7 +137,7 @@ func TestRedeemAPI(t *testing.T) {
 	}
 
 	for name, bearer := range map[string]string{
-		"no token":                      "",
+		"no token":                       "",
 		"a token the API server rejects": "garbage",
 		"a ServiceAccount not allowed":   strangerTok,
 	} {
