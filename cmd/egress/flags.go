@@ -95,7 +95,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.blindTunnel, "blind-tunnel", string(egress.BlindPublic), "uncredentialed traffic to non-target hosts: public (tunnel to public addresses only), refuse, or allow (anywhere; development only)")
 	fs.Var(&o.blockedCIDRs, "blocked-cidr", "extra ranges blind tunnels never reach, e.g. the pod and Service CIDRs (comma-separated, repeatable)")
 	fs.BoolVar(&o.refuseUncred, "refuse-uncredentialed", false, "refuse requests to session target hosts that carry no capability instead of forwarding them unchanged")
-	fs.StringVar(&o.upstreamCAFile, "upstream-ca-bundle", "", "PEM file of extra CAs trusted for upstream TLS, on top of the system roots")
+	fs.StringVar(&o.upstreamCAFile, "upstream-ca-file", "", "PEM file of extra CAs trusted for upstream TLS, on top of the system roots")
 	fs.IntVar(&o.maxPerPod, "max-concurrent-per-pod", 64, "in-flight intercepted requests per session pod; more get 429")
 	fs.IntVar(&o.maxTunnelsPod, "max-tunnels-per-pod", 256, "open blind tunnels per session pod; more get 429")
 	fs.Int64Var(&o.maxBody, "max-request-body-bytes", 64<<20, "largest request body forwarded; larger gets 413")

@@ -70,7 +70,7 @@ func run(o *options) error {
 	}
 	roots, err := egress.UpstreamRoots(o.upstreamCAFile)
 	if err != nil {
-		return fmt.Errorf("loading --upstream-ca-bundle: %w", err)
+		return fmt.Errorf("loading --upstream-ca-file: %w", err)
 	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
