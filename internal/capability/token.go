@@ -11,7 +11,7 @@ import (
 // Decode opens and strictly validates token at time now. Checks run in the order of DESIGN.md §3 and the first
 // failure wins: length → prefix → canonical parts → decrypt with each key → UTF-8 → JSON → schema →
 // issuedAt > now+60s (invalid) → expiresAt ≤ now (expired). Every failure is an *Error; none carries token
-// material.
+// material. The returned claims' strings share one buffer holding the opened plaintext.
 func Decode(r *KeyRing, token string, now time.Time) (*Claims, error) {
 	if r == nil || len(r.aeads) == 0 {
 		return nil, configuration("key ring holds no keys")
@@ -43,11 +43,10 @@ func Decode(r *KeyRing, token string, now time.Time) (*Claims, error) {
 	if b64DecodedLen(ivText) != ivSize || !b64Decode(iv[:], ivText) {
 		return nil, invalid("token IV is not canonical base64 of 16 bytes")
 	}
-	ctLen := b64DecodedLen(tagText) // reused below; first the tag
-	if ctLen != tagSize {
+	if b64DecodedLen(tagText) != tagSize {
 		return nil, invalid("token tag is not canonical base64 of 16 bytes")
 	}
-	ctLen = b64DecodedLen(ctText)
+	ctLen := b64DecodedLen(ctText)
 	if ctLen < 1 {
 		return nil, invalid("token ciphertext is not canonical base64 of at least 1 byte")
 	}
