@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -258,7 +259,11 @@ var (
 	addrX = netip.MustParseAddr("127.0.0.9") // no pod
 )
 
-func newEnv(t *testing.T, cfg Config) *env {
+func newEnv(t *testing.T, cfg Config) *env { return newEnvWith(t, cfg, nil) }
+
+// newEnvWith builds the env with the Redeemer (and CallerResolver, if non-nil) that mk returns once the upstreams
+// exist; mk nil keeps the fakes.
+func newEnvWith(t *testing.T, cfg Config, mk func(e *env) (Redeemer, CallerResolver)) *env {
 	t.Helper()
 	e := &env{t: t, ca: newTestCA(t), reg: prometheus.NewRegistry(), logs: &logSink{}}
 	for _, up := range []**upstream{&e.tlsUp, &e.plainUp} {
@@ -267,6 +272,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 	}
 	e.tlsUp.srv = httptest.NewUnstartedServer(http.HandlerFunc(e.tlsUp.handler))
 	e.tlsUp.srv.EnableHTTP2 = true
+	e.tlsUp.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the localhost test's failed handshakes are expected
 	e.tlsUp.srv.StartTLS()
 	e.plainUp.srv = httptest.NewServer(http.HandlerFunc(e.plainUp.handler))
 	t.Cleanup(func() {
@@ -296,8 +302,17 @@ func newEnv(t *testing.T, cfg Config) *env {
 		roots.AddCert(e.tlsUp.srv.Certificate())
 		cfg.UpstreamRoots = roots
 	}
+	var red Redeemer = e.red
+	var callers CallerResolver = e.callers
+	if mk != nil {
+		r, c := mk(e)
+		red = r
+		if c != nil {
+			callers = c
+		}
+	}
 	p, err := New(cfg, Deps{
-		Redeemer: e.red, Callers: e.callers, Targets: e.targets, CA: staticCA{e.ca},
+		Redeemer: red, Callers: callers, Targets: e.targets, CA: staticCA{e.ca},
 		Log: e.logs.logger(), Registerer: e.reg,
 	})
 	if err != nil {
