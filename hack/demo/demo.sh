@@ -76,7 +76,7 @@ fail() {
 # check DESCRIPTION CMD...: runs CMD; a non-zero exit fails the demo with DESCRIPTION.
 check() {
   local what=$1; shift
-  if "$@"; then ok "$what"; else fail "$what"; fi
+  if "$@" >/dev/null; then ok "$what"; else fail "$what"; fi
 }
 
 cleanup() {
@@ -228,7 +228,21 @@ say "The demo overlay only moves the targets to the stand-in upstream:"
 sed -n '/patch:/,$p' "$OVERLAY/kustomization.yaml" | indent
 kubectl create namespace "$NS" >/dev/null
 show "kubectl apply -k <overlay of config/samples>"
-kubectl apply -k "$OVERLAY" 2>&1 | indent || fail "applying config/samples"
+# The webhook admits a session pod only once the egress CA bundle has been copied into its namespace, which the
+# manager does when the namespace gets its first KiloSession — created by this same apply. So the first apply may
+# see the pod refused with "retry shortly"; applying again is what a GitOps tool does on its next sync.
+applied=0
+for attempt in $(seq 1 30); do
+  if kubectl apply -k "$OVERLAY" >"$WORK/logs/apply.log" 2>&1; then applied=1; break; fi
+  alive manager || break
+  if (( attempt == 1 )); then
+    indent <"$WORK/logs/apply.log"
+    say "  ${Y}the pod was refused until the CA bundle reaches $NS; applying again, as a GitOps sync would${N}"
+  fi
+  sleep 1
+done
+indent <"$WORK/logs/apply.log"
+(( applied )) || fail "applying config/samples"
 rm -rf "$OVERLAY"
 
 # There is no kubelet: give the pod an address the way a node would, through the status subresource.
@@ -255,11 +269,15 @@ check "Ready=True, one pod holding a capability" \
 
 # ---------------------------------------------------------------------------------------------------------------
 section "2. The injected pod and its capability"
-show "kubectl get pod $POD -o json | jq '<volumes, env, mounts>'"
-kubectl -n "$NS" get pod "$POD" -o json | jq '{
-  annotations: .metadata.annotations | with_entries(select(.key | startswith("kilo.ai/"))),
-  volumes: .spec.volumes,
-  container: (.spec.containers[0] | {name, env, volumeMounts})}' | indent
+show "kubectl get pod $POD -o json | jq …   # what the webhook added to the sample pod"
+kubectl -n "$NS" get pod "$POD" -o json | jq -r '
+  "annotations:", (.metadata.annotations | to_entries[] | select(.key | startswith("kilo.ai/")) | "  \(.key): \(.value)"),
+  "volumes:", (.spec.volumes[] | select(.name | startswith("kilo-")) | "  \(.name): " +
+      (if .secret then "Secret \(.secret.secretName) (optional: \(.secret.optional))" else "ConfigMap \(.configMap.name)" end)),
+  "container \(.spec.containers[0].name), env:", (.spec.containers[0].env[] | "  \(.name)=" +
+      (if .valueFrom then "<Secret \(.valueFrom.secretKeyRef.name), key \(.valueFrom.secretKeyRef.key)>" else .value end)),
+  "container \(.spec.containers[0].name), mounts:", (.spec.containers[0].volumeMounts[] | "  \(.mountPath) ← \(.name)" +
+      (if .readOnly then " (read-only)" else "" end))' | indent
 POD_JSON=$(kubectl -n "$NS" get pod "$POD" -o json)
 has_env() { jq -e --arg n "$1" '.spec.containers[0].env[]? | select(.name == $n)' <<<"$POD_JSON" >/dev/null; }
 check "KILOCODE_TOKEN comes from the capability Secret" \
@@ -276,7 +294,8 @@ capability() { kubectl -n "$NS" get secret "$CAP_SECRET" -o jsonpath='{.data.tok
 TOKEN=$(capability)
 show "kubectl get secret $CAP_SECRET -o jsonpath={.data.token} | base64 -d | kubectl kilo capability decode --key-file keys"
 say "    ${TOKEN:0:24}… (${#TOKEN} characters)"
-kilo capability decode --key-file "$WORK/keys" <<<"$TOKEN" | jq . | indent
+kilo capability decode --key-file "$WORK/keys" <<<"$TOKEN" |
+  jq '.claims.issuedAt |= "\(.) (\(. / 1000 | floor | todate))" | .claims.expiresAt |= "\(.) (\(. / 1000 | floor | todate))"' | indent
 POD_UID=$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.metadata.uid}')
 check "the capability is bound to this pod's UID and redacts the token" \
   bash -c 'kilo_out=$("$1" capability decode --key-file "$2" <<<"$3"); jq -e --arg uid "$4" ".ok and .claims.outboundContainerId == \$uid and .claims.userToken == \"[REDACTED]\"" <<<"$kilo_out" >/dev/null' \
