@@ -214,6 +214,10 @@ var _ = Describe("KiloSession controller", func() {
 		Expect(conditionOf(ns, "s1", kilov1alpha1.TokenSourceReadyCondition)).To(Equal("True/Valid"))
 		Expect(conditionOf(ns, "s1", kilov1alpha1.TargetsValidCondition)).To(Equal("True/Valid"))
 		Eventually(func() []string { return eventReasons(ns) }).Should(ContainElement("Normal/" + eventIssued))
+
+		// The expiry gauge counts down to the earliest expiry of any session's capabilities.
+		Expect(testutil.CollectAndCount(earliestExpiry)).To(Equal(1))
+		Expect(testutil.ToFloat64(earliestExpiry)).To(And(BeNumerically(">", 0), BeNumerically("<=", (4 * time.Hour).Seconds())))
 	})
 
 	It("uses the Secret name the webhook recorded on the pod", func() {
@@ -471,6 +475,37 @@ var _ = Describe("KiloSession controller", func() {
 
 		Eventually(func() string { return capabilityOf(pod).Annotations[kilov1alpha1.KeyFingerprintAnnotation] }).Should(Equal(newFP))
 		Expect(decode(capabilityOf(pod)).OutboundContainerID).To(Equal(string(pod.UID)))
+	})
+
+	It("pauses issuance and says why while the key ring cannot be loaded", func() {
+		ringSecret, err := getSecret(operatorNamespace, kilov1alpha1.DefaultKeyRingSecret)
+		Expect(err).NotTo(HaveOccurred())
+		good := ringSecret.Data[kilov1alpha1.KeyRingSecretKey]
+		ringSecret.Data[kilov1alpha1.KeyRingSecretKey] = []byte("c2hvcnQ=\n") // 5 bytes: not an AES-256 key
+		Expect(k8sClient.Update(ctx, ringSecret)).To(Succeed())
+		DeferCleanup(func() {
+			s, err := getSecret(operatorNamespace, kilov1alpha1.DefaultKeyRingSecret)
+			Expect(err).NotTo(HaveOccurred())
+			s.Data[kilov1alpha1.KeyRingSecretKey] = good
+			Expect(k8sClient.Update(ctx, s)).To(Succeed())
+			Eventually(func() error { _, err := keyRing.KeyRing(); return err }).Should(Succeed())
+		})
+		Eventually(func() error { _, err := keyRing.KeyRing(); return err }).Should(HaveOccurred())
+
+		createTokenSecret(ns, "user-token", "v", true)
+		createSession(ns, "s1", "user-token")
+		sessionPod(ns, "agent", "s1")
+		Eventually(func() string { return conditionOf(ns, "s1", kilov1alpha1.ReadyCondition) }).
+			Should(Equal("False/" + kilov1alpha1.ReasonKeyRingUnavailable))
+		Expect(capabilitySecretsIn(ns)).To(BeEmpty())
+
+		// Repaired: the ring's change event re-enqueues the session, no restart or session edit needed.
+		s, err := getSecret(operatorNamespace, kilov1alpha1.DefaultKeyRingSecret)
+		Expect(err).NotTo(HaveOccurred())
+		s.Data[kilov1alpha1.KeyRingSecretKey] = good
+		Expect(k8sClient.Update(ctx, s)).To(Succeed())
+		Eventually(func() []corev1.Secret { return capabilitySecretsIn(ns) }).Should(HaveLen(1))
+		Eventually(func() string { return conditionOf(ns, "s1", kilov1alpha1.ReadyCondition) }).Should(Equal("True/" + kilov1alpha1.ReasonIssued))
 	})
 
 	It("keeps tokens and capabilities out of logs, events and status", func() {
