@@ -217,7 +217,7 @@ var _ = Describe("KiloSession controller", func() {
 
 		// The expiry gauge counts down to the earliest expiry of any session's capabilities.
 		Expect(testutil.CollectAndCount(earliestExpiry)).To(Equal(1))
-		Expect(testutil.ToFloat64(earliestExpiry)).To(And(BeNumerically(">", 0), BeNumerically("<=", (4 * time.Hour).Seconds())))
+		Expect(testutil.ToFloat64(earliestExpiry)).To(And(BeNumerically(">", 0), BeNumerically("<=", (4*time.Hour).Seconds())))
 	})
 
 	It("uses the Secret name the webhook recorded on the pod", func() {
