@@ -172,8 +172,8 @@ func FuzzHandle(f *testing.F) {
 	}
 	f.Add([]byte(`{"metadata":{"labels":{"kilo.ai/session":"demo"},"annotations":{"kilo.ai/inject-containers":"a,,b"}},"spec":{"containers":[{"name":"a"},{"name":"b","env":[]}]}}`))
 	f.Add([]byte(`{"metadata":{"labels":{"kilo.ai/session":"demo"}},"spec":{"containers":null}}`))
+	h := newTestHandler(f, testSession("demo", false), testCABundle())
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		h := newTestHandler(t, testSession("demo", false), testCABundle())
 		resp, out := admit(t, h, raw)
 		if !resp.Allowed || len(resp.Patches) == 0 {
 			return

@@ -104,16 +104,21 @@ func NewHandler(reader, apiReader client.Reader, decoder admission.Decoder, opts
 // corev1 and kilo.ai/v1alpha1. For a small cache, configure the manager's cache with
 // controller.TrustBundleCacheByObject() (only ConfigMaps named kilo-egress-ca-bundle).
 func Setup(mgr manager.Manager, opts Options) error {
+	_, err := setup(mgr, opts)
+	return err
+}
+
+func setup(mgr manager.Manager, opts Options) (*Handler, error) {
 	h, err := NewHandler(mgr.GetClient(), mgr.GetAPIReader(), admission.NewDecoder(mgr.GetScheme()), opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mgr.GetWebhookServer().Register(Path, &admission.Webhook{
 		Handler: h,
 		// A panic becomes a 500, which failurePolicy Fail turns into a refused pod: fail closed, keep serving.
 		RecoverPanic: new(true),
 	})
-	return nil
+	return h, nil
 }
 
 var admissionDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
