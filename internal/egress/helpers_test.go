@@ -49,7 +49,13 @@ type testCA struct {
 	issued atomic.Int32
 }
 
-func newTestCA(t testing.TB) *testCA {
+// fataler is what test helpers need of testing.TB and GinkgoT alike.
+type fataler interface {
+	Helper()
+	Fatal(args ...any)
+}
+
+func newTestCA(t fataler) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
