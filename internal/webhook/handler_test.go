@@ -65,7 +65,9 @@ func TestRefusals(t *testing.T) {
 			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: kiloai.CABundleConfigMap}}}, nil,
 			[]string{kiloai.CABundleConfigMap}},
 		{"Unknown container in the narrowing annotation is refused", []client.Object{testSession("demo", false), testCABundle()},
-			func(p *corev1.Pod) { p.Annotations = map[string]string{kiloai.InjectContainersAnnotation: "agent,agnet"} },
+			func(p *corev1.Pod) {
+				p.Annotations = map[string]string{kiloai.InjectContainersAnnotation: "agent,agnet"}
+			},
 			[]string{`"agnet"`}},
 		{"Narrowing annotation naming nothing is refused", []client.Object{testSession("demo", false), testCABundle()},
 			func(p *corev1.Pod) { p.Annotations = map[string]string{kiloai.InjectContainersAnnotation: " , "} },

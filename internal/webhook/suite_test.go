@@ -284,4 +284,3 @@ var _ = AfterSuite(func() {
 		Expect(env.stop()).To(Succeed())
 	}
 })
-
