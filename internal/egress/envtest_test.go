@@ -31,6 +31,7 @@ import (
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
 	"github.com/Kilo-Org/kilo-session-operator/internal/capability"
+	"github.com/Kilo-Org/kilo-session-operator/internal/pki"
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
 	"github.com/Kilo-Org/kilo-session-operator/internal/redeem"
 )
@@ -260,5 +261,41 @@ var _ = Describe("The egress on a real API server", Ordered, func() {
 		Expect(logs).NotTo(ContainSubstring(tok[5:40]))
 		Expect(logs).NotTo(ContainSubstring(realToken))
 		Expect(logs).NotTo(ContainSubstring("kka1."))
+	})
+})
+
+var _ = Describe("The interceptor CA", func() {
+	It("is created in its Secret, published as a public-only bundle, and signs interception leaves", func() {
+		ctx := context.Background()
+		m := &CAManager{
+			Client:    etClient,
+			Secret:    types.NamespacedName{Namespace: etOperatorNS, Name: kilov1alpha1.DefaultEgressCASecret},
+			ConfigMap: types.NamespacedName{Namespace: etOperatorNS, Name: kilov1alpha1.CABundleConfigMap},
+			Options:   pki.CAOptions{Validity: 48 * time.Hour, RotateBefore: 12 * time.Hour, PromoteAfter: time.Hour},
+			Log:       etLogs.logger(),
+		}
+		Expect(m.Ready()).NotTo(Succeed())
+		_, err := m.Sync(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(m.Ready()).To(Succeed())
+
+		cm := &corev1.ConfigMap{}
+		Expect(etClient.Get(ctx, m.ConfigMap, cm)).To(Succeed())
+		bundle := cm.Data[kilov1alpha1.CABundleKey]
+		Expect(bundle).To(ContainSubstring("BEGIN CERTIFICATE"))
+		Expect(bundle).NotTo(ContainSubstring("PRIVATE KEY"))
+
+		leaf, err := m.CA().IssueLeaf([]string{"api.kilo.ai"}, time.Hour, time.Now())
+		Expect(err).NotTo(HaveOccurred())
+		pool := x509.NewCertPool()
+		Expect(pool.AppendCertsFromPEM([]byte(bundle))).To(BeTrue())
+		_, err = leaf.Leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "api.kilo.ai"})
+		Expect(err).NotTo(HaveOccurred())
+
+		// A second replica syncing adopts the same CA instead of minting its own.
+		m2 := &CAManager{Client: etClient, Secret: m.Secret, ConfigMap: m.ConfigMap, Options: m.Options, Log: etLogs.logger()}
+		_, err = m2.Sync(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(m2.signer.Load().Cert.Equal(m.signer.Load().Cert)).To(BeTrue())
 	})
 })
