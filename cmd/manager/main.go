@@ -106,6 +106,8 @@ func run(o *options) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	// The manager's cache holds only what the design allows it to read: opted-in token Secrets, session-labelled
+	// pods, KiloSessions, and the egress CA bundle ConfigMaps (by name) — never other Secrets or ConfigMaps.
 	cacheOpts := controller.CacheOptions()
 	if len(o.watchNamespaces) > 0 {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
@@ -113,6 +115,8 @@ func run(o *options) error {
 			cacheOpts.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
+	// After DefaultNamespaces: with namespace scoping it adds the operator namespace for the source bundle.
+	controller.ConfigureTrustBundleCache(&cacheOpts, o.operatorNamespace)
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
@@ -153,7 +157,10 @@ func run(o *options) error {
 	}); err != nil {
 		return fmt.Errorf("setting up the pod-injection webhook: %w", err)
 	}
-	// TODO(integration): the trust-bundle reconciler (egress CA bundle → session namespaces), helper 4.
+	// The egress CA bundle follows every namespace with a KiloSession: the webhook mounts it into session pods.
+	if err := (&controller.TrustBundleReconciler{OperatorNamespace: o.operatorNamespace}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the trust-bundle reconciler: %w", err)
+	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding the health check: %w", err)

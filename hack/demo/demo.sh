@@ -313,6 +313,7 @@ say "The pod's view: source address $POD_IP, HTTPS_PROXY=http://127.0.0.1:$PROXY
 # $WORK/status (for a CONNECT refusal, the proxy's CONNECT status).
 pod_curl() {
   local url=$1; shift
+  rm -f "$WORK/body" # a failed request must never be judged by the previous one's body
   curl -sS --path-as-is --max-time 20 \
     --proxy "http://127.0.0.1:$PROXY_PORT" --interface "$POD_IP" --cacert "$WORK/pod-ca.crt" \
     -H "Authorization: Bearer $TOKEN" \

@@ -204,7 +204,10 @@ func (s *SessionTargets) upsert(o any) {
 		return
 	}
 	var hosts []string
-	if !ks.Spec.Suspend && ks.DeletionTimestamp == nil {
+	// A suspended session's hosts stay intercepted: its pods' requests are then redeemed and refused as
+	// capability_revoked inside the cluster, instead of falling through to a blind tunnel that would carry the
+	// capability to the upstream and answer the pod with a confusing refusal of its own.
+	if ks.DeletionTimestamp == nil {
 		t := ks.Spec.Targets
 		for _, base := range []string{t.BackendBaseURL, t.ProviderBaseURL, t.SessionIngestBaseURL} {
 			hp, origin, ok := TargetHostPort(base)
