@@ -121,6 +121,13 @@ func run(o *options) error {
 	if err != nil {
 		return err
 	}
+	// Every allow-listed origin is intercepted too, whether or not a session names it right now: a CONNECT to
+	// api.kilo.ai from a pod whose session was just deleted must be opened and refused here, not tunnelled blind
+	// with its capability to the real upstream.
+	allowHosts, err := egress.NewTargetSet(o.allowList)
+	if err != nil {
+		return fmt.Errorf("--upstream-allowlist: %w", err)
+	}
 
 	// The CA Secret and the bundle ConfigMap go through an uncached client: the cache holds no Secret but the key
 	// ring, by design.
@@ -155,7 +162,7 @@ func run(o *options) error {
 		IdleTimeout:            o.idleTimeout,
 		TunnelIdleTimeout:      o.tunnelIdle,
 		DisableHTTP2:           o.disableTunnelH2,
-	}, egress.Deps{Redeemer: decider, Callers: callers, Targets: targets, CA: ca, Log: log.WithName("proxy"), Registerer: ctrlmetrics.Registry})
+	}, egress.Deps{Redeemer: decider, Callers: callers, Targets: egress.AnyTarget{allowHosts, targets}, CA: ca, Log: log.WithName("proxy"), Registerer: ctrlmetrics.Registry})
 	if err != nil {
 		return err
 	}

@@ -133,8 +133,8 @@ func (p *PodCallers) unindexLocked(uid string) {
 	delete(p.ips, uid)
 }
 
-// SessionTargets is the TargetHosts of the egress: the host:port of every target of every KiloSession that is not
-// suspended and whose target origin is on the cluster upstream allow-list, kept by a KiloSession informer's event
+// SessionTargets is the TargetHosts of the egress: the host:port of every target of every KiloSession (suspended
+// ones included) whose target origin is on the cluster upstream allow-list, kept by a KiloSession informer's event
 // handler. A session author cannot make the proxy intercept (and so mint a leaf for) a host the cluster admin did
 // not allow.
 type SessionTargets struct {
@@ -251,4 +251,36 @@ func (s *SessionTargets) dropLocked(uid string) {
 		}
 	}
 	delete(s.bySession, uid)
+}
+
+// TargetSet is a fixed set of target hosts, e.g. the upstream allow-list's origins.
+type TargetSet map[string]bool
+
+// NewTargetSet builds a TargetSet from origins like "https://api.kilo.ai".
+func NewTargetSet(origins []string) (TargetSet, error) {
+	s := TargetSet{}
+	for _, o := range origins {
+		hp, _, ok := TargetHostPort(o)
+		if !ok {
+			return nil, fmt.Errorf("target origin %q is not an http(s) origin", o)
+		}
+		s[hp] = true
+	}
+	return s, nil
+}
+
+// IsTarget implements TargetHosts.
+func (s TargetSet) IsTarget(hostport string) bool { return s[hostport] }
+
+// AnyTarget is the union of several TargetHosts.
+type AnyTarget []TargetHosts
+
+// IsTarget implements TargetHosts.
+func (a AnyTarget) IsTarget(hostport string) bool {
+	for _, t := range a {
+		if t.IsTarget(hostport) {
+			return true
+		}
+	}
+	return false
 }

@@ -146,3 +146,22 @@ func TestMarkerNeedsATokenShapedTail(t *testing.T) {
 		t.Fatal("marker boundary wrong")
 	}
 }
+
+func TestTargetSetFromAllowList(t *testing.T) {
+	s, err := NewTargetSet([]string{"https://api.kilo.ai", "http://127.0.0.1:8080", "https://[::1]:8443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	any := AnyTarget{s, TargetSet{"x.example:443": true}}
+	for _, hp := range []string{"api.kilo.ai:443", "127.0.0.1:8080", "[::1]:8443", "x.example:443"} {
+		if !any.IsTarget(hp) {
+			t.Errorf("%s not a target", hp)
+		}
+	}
+	if any.IsTarget("api.kilo.ai:8443") || any.IsTarget("evil.example:443") {
+		t.Error("a host outside the set is a target")
+	}
+	if _, err := NewTargetSet([]string{"ftp://x"}); err == nil {
+		t.Error("non-http origin accepted")
+	}
+}
