@@ -737,6 +737,9 @@ func (r *KiloSessionReconciler) reconcileDelete(ctx context.Context, session *ki
 	n := 0
 	for i := range list.Items {
 		m := &list.Items[i]
+		if !issuedBy(m, session.Name) {
+			continue // look-alike labels on a Secret the controller did not write: not ours to delete
+		}
 		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, Name: m.Name}}
 		if err := r.Client.Delete(ctx, sec, client.Preconditions{UID: &m.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("revoking capability Secret %s/%s of deleted KiloSession: %w", m.Namespace, m.Name, err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
@@ -164,6 +165,28 @@ func isCapabilityFor(s *corev1.Secret, sessionName string, podUID types.UID) boo
 		s.Labels[kilov1alpha1.PodUIDLabel] == string(podUID)
 }
 
+// revocable reports whether s is a capability Secret sessionName's controller wrote, so that deleting it can
+// never destroy someone else's Secret that merely carries look-alike labels.
+func revocable(s *corev1.Secret, sessionName string) bool {
+	return s.Type == kilov1alpha1.CapabilitySecretType && issuedBy(s, sessionName)
+}
+
+// issuedBy is the metadata signature of a capability Secret: the session label, and an owner reference to the
+// pod its pod-uid label names. It is what the deletion path checks, which sees metadata only.
+func issuedBy(obj metav1.Object, sessionName string) bool {
+	labels := obj.GetLabels()
+	uid := labels[kilov1alpha1.PodUIDLabel]
+	if labels[kilov1alpha1.SessionLabel] != sessionName || uid == "" {
+		return false
+	}
+	for _, ref := range obj.GetOwnerReferences() {
+		if ref.Kind == "Pod" && string(ref.UID) == uid {
+			return true
+		}
+	}
+	return false
+}
+
 func ownedByPod(s *corev1.Secret, podUID types.UID) bool {
 	for _, ref := range s.OwnerReferences {
 		if ref.UID == podUID && ref.Kind == "Pod" {
@@ -201,7 +224,7 @@ func planCapabilities(in planInput) capabilityPlan {
 	}
 	if in.revokeAll {
 		for _, s := range in.secrets {
-			if s.Labels[kilov1alpha1.SessionLabel] == in.sessionName {
+			if revocable(s, in.sessionName) {
 				plan.revoke = append(plan.revoke, s)
 			}
 		}
@@ -209,8 +232,19 @@ func planCapabilities(in planInput) capabilityPlan {
 		return plan
 	}
 
+	// Pods that already hold the Secret their name points at are decided first, so that a second pod naming the
+	// same Secret (the annotation is the pod author's to set) cannot take it from its holder, whatever the names.
 	pods := append([]*corev1.Pod(nil), in.pods...)
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
+	holds := func(p *corev1.Pod) bool {
+		name, err := CapabilitySecretName(p)
+		return err == nil && byName[name] != nil && isCapabilityFor(byName[name], in.sessionName, p.UID)
+	}
+	sort.SliceStable(pods, func(i, j int) bool {
+		if hi, hj := holds(pods[i]), holds(pods[j]); hi != hj {
+			return hi
+		}
+		return pods[i].Name < pods[j].Name
+	})
 	selectedUIDs := make(map[string]bool, len(pods))
 	for _, p := range pods {
 		selectedUIDs[string(p.UID)] = true
@@ -231,7 +265,6 @@ func planCapabilities(in planInput) capabilityPlan {
 			plan.pods = append(plan.pods, d)
 			continue
 		}
-		claimed[name] = true
 		existing := byName[name]
 		d.existing = existing
 
@@ -242,14 +275,15 @@ func planCapabilities(in planInput) capabilityPlan {
 			d.issue, d.cause = true, causeNew
 		case isCapabilityFor(existing, in.sessionName, pod.UID):
 			decideExisting(&d, existing, in)
-		case existing.Type == kilov1alpha1.CapabilitySecretType &&
-			existing.Labels[kilov1alpha1.SessionLabel] == in.sessionName &&
-			!selectedUIDs[existing.Labels[kilov1alpha1.PodUIDLabel]]:
+		case revocable(existing, in.sessionName) && !selectedUIDs[existing.Labels[kilov1alpha1.PodUIDLabel]]:
 			// Our own Secret, left by an earlier pod of the same name (a re-created pod, a StatefulSet replica)
 			// that is gone: it is this pod's now. It is rewritten in place, owner and label included.
 			d.issue, d.cause = true, causeNew
 		default:
 			d.conflict = fmt.Sprintf("Secret %s already exists and is not this session's capability Secret for Pod %s; it is left untouched", name, pod.Name)
+		}
+		if d.conflict == "" {
+			claimed[name] = true
 		}
 		if d.issue && in.inputs == nil {
 			// Blocked: nothing new is issued. The pod keeps whatever valid capability it has.
@@ -266,12 +300,13 @@ func planCapabilities(in planInput) capabilityPlan {
 	// Revoke the session's Secrets that no selected pod holds: pods that stopped matching, finished, are being
 	// deleted, or are gone.
 	for _, s := range in.secrets {
-		if s.Labels[kilov1alpha1.SessionLabel] != in.sessionName || claimed[s.Name] {
+		if !revocable(s, in.sessionName) || claimed[s.Name] {
 			continue
 		}
 		plan.revoke = append(plan.revoke, s)
 	}
 	sortSecrets(plan.revoke)
+	sort.Slice(plan.pods, func(i, j int) bool { return plan.pods[i].pod.Name < plan.pods[j].pod.Name })
 	return plan
 }
 

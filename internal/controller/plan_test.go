@@ -103,8 +103,15 @@ func TestPlanCapabilities(t *testing.T) {
 			inputs:      in,
 			wantConflct: "not this session's capability Secret"},
 		{name: "Our Secret left by a gone pod of the same name is taken over",
-			secrets: []*corev1.Secret{withSecret(fresh, func(s *corev1.Secret) { s.Labels[kilov1alpha1.PodUIDLabel] = "old-uid" })},
-			inputs:  in, wantIssue: true, wantCause: causeNew},
+			secrets: []*corev1.Secret{withSecret(fresh, func(s *corev1.Secret) {
+				s.Labels[kilov1alpha1.PodUIDLabel] = "old-uid"
+				s.OwnerReferences[0].UID = "old-uid"
+			})},
+			inputs: in, wantIssue: true, wantCause: causeNew},
+		{name: "Look-alike labels without the owner reference are a conflict, not a takeover",
+			secrets:     []*corev1.Secret{withSecret(fresh, func(s *corev1.Secret) { s.Labels[kilov1alpha1.PodUIDLabel] = "old-uid" })},
+			inputs:      in,
+			wantConflct: "not this session's capability Secret"},
 		{name: "Our Secret for a pod that no longer matches is revoked",
 			secrets: []*corev1.Secret{fresh, capSecret(planPod("gone", "uid-2"), "s", in, planNow)},
 			inputs:  in, wantRevoke: 1},
@@ -166,6 +173,20 @@ func TestPlanTwoPodsNamingOneSecret(t *testing.T) {
 	}
 	if plan.pods[1].conflict == "" {
 		t.Errorf("the second pod naming the same Secret is a conflict")
+	}
+
+	// b already holds it: a, first by name, must not take it away.
+	held := capSecret(b, "s", in, planNow)
+	held.Name = "shared"
+	plan = planCapabilities(planInput{now: planNow, sessionName: "s", pods: []*corev1.Pod{a, b}, inputs: in, secrets: []*corev1.Secret{held}})
+	if plan.pods[0].pod.Name != "a" || plan.pods[0].conflict == "" {
+		t.Errorf("a pod naming another pod's Secret is a conflict, got %+v", plan.pods[0])
+	}
+	if plan.pods[1].conflict != "" || plan.pods[1].issue || plan.pods[1].expiresAt.IsZero() {
+		t.Errorf("the holder keeps its capability, got %+v", plan.pods[1])
+	}
+	if len(plan.revoke) != 0 {
+		t.Errorf("the holder's Secret must not be revoked")
 	}
 }
 
