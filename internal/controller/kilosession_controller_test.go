@@ -3,6 +3,8 @@ package controller
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -14,9 +16,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
 	"github.com/Kilo-Org/kilo-session-operator/internal/capability"
@@ -568,5 +572,23 @@ var _ = Describe("Key ring source", func() {
 		Eventually(func() error { _, err := src.KeyRing(); return err }).Should(MatchError(ContainSubstring("parsing key ring Secret")))
 		_, err = src.KeyRing()
 		Expect(err.Error()).NotTo(ContainSubstring("not-a-key"))
+	})
+})
+
+var _ = Describe("Samples", func() {
+	It("apply as they are and give the sample pod a capability", func() {
+		ns := newNamespace()
+		for _, file := range []string{"kilo_v1alpha1_token_secret.yaml", "kilo_v1alpha1_kilosession.yaml", "kilo_v1alpha1_session_pod.yaml"} {
+			data, err := os.ReadFile(filepath.Join("..", "..", "config", "samples", file))
+			Expect(err).NotTo(HaveOccurred())
+			obj := &unstructured.Unstructured{}
+			Expect(yaml.Unmarshal(data, &obj.Object)).To(Succeed(), file)
+			obj.SetNamespace(ns)
+			Expect(k8sClient.Create(ctx, obj)).To(Succeed(), file)
+		}
+		pod := &corev1.Pod{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "demo-agent"}, pod)).To(Succeed())
+		Expect(decode(capabilityOf(pod)).KiloSessionID).To(Equal("ses_demo_0001"))
+		Eventually(func() string { return conditionOf(ns, "demo", kilov1alpha1.ReadyCondition) }).Should(Equal("True/" + kilov1alpha1.ReasonIssued))
 	})
 })
