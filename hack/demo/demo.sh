@@ -357,6 +357,9 @@ pod_curl "$UP_API/api/openrouter/%2e%2e/%2e%2e/api/organizations/org-1/user-toke
 echo
 check "403 invalid_upstream_url, nothing forwarded" bash -c '[[ "$1" == 403 ]]' _ "$(status)"
 refused invalid_upstream_url || fail "the traversal was not refused as invalid_upstream_url"
+say "  The same answer without a pod, from the KiloSession alone (the troubleshooting tool):"
+show "kubectl kilo check -n $NS $SESSION '$UP_API/api/openrouter/%2e%2e/%2e%2e/api/organizations/org-1/user-tokens'"
+kilo check -n "$NS" "$SESSION" "$UP_API/api/openrouter/%2e%2e/%2e%2e/api/organizations/org-1/user-tokens" | indent || true
 
 say ""
 say "${B}d) another session's export${N}"
@@ -414,6 +417,8 @@ ok "capability Secret $CAP_SECRET deleted"
 
 # ---------------------------------------------------------------------------------------------------------------
 section "5. Summary"
+check "across the whole run the upstream received $(seen_count) requests, none carrying a capability" \
+  test "$(seen | jq '[.[] | select(.capability)] | length')" = 0
 printf '%s✔ demo passed: %d checks in %ds — issued, injected, redeemed with the real token, refused traversal, other-session and foreign-host requests, rotated, revoked.%s\n' \
   "$G" "$PASSED" "$((SECONDS - START))" "$N"
 
