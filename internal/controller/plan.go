@@ -234,28 +234,35 @@ func planCapabilities(in planInput) capabilityPlan {
 
 	// Pods that already hold the Secret their name points at are decided first, so that a second pod naming the
 	// same Secret (the annotation is the pod author's to set) cannot take it from its holder, whatever the names.
-	pods := append([]*corev1.Pod(nil), in.pods...)
-	holds := func(p *corev1.Pod) bool {
-		name, err := CapabilitySecretName(p)
-		return err == nil && byName[name] != nil && isCapabilityFor(byName[name], in.sessionName, p.UID)
+	type namedPod struct {
+		pod   *corev1.Pod
+		name  string
+		err   error
+		holds bool
 	}
-	sort.SliceStable(pods, func(i, j int) bool {
-		if hi, hj := holds(pods[i]), holds(pods[j]); hi != hj {
-			return hi
+	pods := make([]namedPod, len(in.pods))
+	for i, p := range in.pods {
+		name, err := CapabilitySecretName(p)
+		pods[i] = namedPod{pod: p, name: name, err: err,
+			holds: err == nil && byName[name] != nil && isCapabilityFor(byName[name], in.sessionName, p.UID)}
+	}
+	sort.Slice(pods, func(i, j int) bool {
+		if pods[i].holds != pods[j].holds {
+			return pods[i].holds
 		}
-		return pods[i].Name < pods[j].Name
+		return pods[i].pod.Name < pods[j].pod.Name
 	})
 	selectedUIDs := make(map[string]bool, len(pods))
-	for _, p := range pods {
+	for _, p := range in.pods {
 		selectedUIDs[string(p.UID)] = true
 	}
 	claimed := make(map[string]bool, len(pods)) // Secret names given to a pod earlier in this pass
 
-	for _, pod := range pods {
+	for _, np := range pods {
+		pod, name := np.pod, np.name
 		d := podDecision{pod: pod}
-		name, err := CapabilitySecretName(pod)
-		if err != nil {
-			d.conflict = err.Error()
+		if np.err != nil {
+			d.conflict = np.err.Error()
 			plan.pods = append(plan.pods, d)
 			continue
 		}
