@@ -30,8 +30,13 @@ alloc_port() {
 start_bg() {
   local name=$1; shift
   mkdir -p "$WORK/logs"
-  # setsid: each component gets its own process group, so cleanup can stop it and anything it spawned.
-  setsid "$@" >"$WORK/logs/$name.log" 2>&1 < /dev/null &
+  # setsid: each component gets its own process group, so cleanup can stop it and anything it spawned (where
+  # setsid exists; elsewhere the process itself is stopped).
+  if command -v setsid >/dev/null; then
+    setsid "$@" >"$WORK/logs/$name.log" 2>&1 < /dev/null &
+  else
+    "$@" >"$WORK/logs/$name.log" 2>&1 < /dev/null &
+  fi
   echo "$! $name" >>"$WORK/pids"
   # pids.all outlives cleanup, so a test can prove every process is gone.
   echo "$! $name" >>"$WORK/pids.all"
@@ -46,9 +51,12 @@ running() {
 # stop_all: stops every process start_bg started, newest first, politely then firmly.
 stop_all() {
   [[ -f "$WORK/pids" ]] || return 0
-  local pid name
-  tac "$WORK/pids" | while read -r pid name; do
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  local pid name i
+  local -a pids=()
+  while read -r pid name; do pids+=("$pid"); done <"$WORK/pids"
+  # Newest first: the components go before the API server they talk to, and the API server before etcd.
+  for (( i = ${#pids[@]} - 1; i >= 0; i-- )); do
+    kill -TERM -- "-${pids[i]}" 2>/dev/null || kill -TERM "${pids[i]}" 2>/dev/null || true
   done
   local deadline=$(( SECONDS + 10 ))
   while (( SECONDS < deadline )); do

@@ -63,6 +63,9 @@ indent()  { sed 's/^/    /'; }
 
 fail() {
   printf '\n%s✘ FAILED in step "%s": %s%s\n' "$R" "$CURRENT_STEP" "$*" "$N" >&2
+  if [[ -s "$WORK/curl.err" ]]; then
+    printf '%slast curl said: %s%s\n' "$D" "$(tail -n 1 "$WORK/curl.err")" "$N" >&2
+  fi
   if [[ -d "$WORK/logs" ]]; then
     for f in manager egress upstream; do
       [[ -f "$WORK/logs/$f.log" ]] || continue
@@ -76,7 +79,7 @@ fail() {
 # check DESCRIPTION CMD...: runs CMD; a non-zero exit fails the demo with DESCRIPTION.
 check() {
   local what=$1; shift
-  if "$@" >/dev/null; then ok "$what"; else fail "$what"; fi
+  if "$@" >/dev/null; then ok "$what"; else fail "expected: $what"; fi
 }
 
 cleanup() {
@@ -98,13 +101,11 @@ trap 'exit 130' INT TERM
 # Preflight and build.
 
 section "Setup"
-for tool in kubectl curl openssl jq go setsid; do
+for tool in kubectl curl openssl jq go; do
   command -v "$tool" >/dev/null || fail "$tool is required (it is on the CI image; install it to run the demo)"
 done
 [[ -x "$ROOT/bin/k8s/etcd" && -x "$ROOT/bin/k8s/kube-apiserver" ]] ||
   fail "bin/k8s has no etcd/kube-apiserver: run 'make envtest' (make demo does it for you)"
-ip_ok=$( (exec 3<>/dev/tcp/127.0.0.2/9) 2>&1 | grep -c "Cannot assign" || true)
-[[ "$ip_ok" == "0" ]] || fail "127.0.0.2 is not usable as a source address on this machine (Linux routes all of 127/8 to lo)"
 
 say "work dir: $WORK"
 show "go build ./cmd/manager ./cmd/egress ./cmd/kubectl-kilo ./hack/demo/upstream"
@@ -127,6 +128,10 @@ UP_API=$(jq -r .api "$WORK/upstream/addresses.json")
 UP_INGEST=$(jq -r .ingest "$WORK/upstream/addresses.json")
 UP_CONTROL=$(jq -r .control "$WORK/upstream/addresses.json")
 ok "stand-in upstream: api $UP_API, ingest $UP_INGEST"
+# The session pod's address is a second loopback address. Linux routes all of 127.0.0.0/8 to lo; macOS needs an
+# alias first.
+curl -fsS --max-time 5 --interface "$POD_IP" "$UP_CONTROL/healthz" >/dev/null 2>&1 ||
+  fail "$POD_IP is not usable as a source address here (on macOS: sudo ifconfig lo0 alias $POD_IP up)"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Install the real manifests.
