@@ -6,7 +6,7 @@ CONTAINER_TOOL ?= docker
 # Kustomization deploy renders: config/default (self-managed webhook certificates) or config/overlays/cert-manager.
 DEPLOY_CONFIG ?= config/default
 # Every kustomization `make check-manifests` (part of `make test`) renders.
-KUSTOMIZATIONS ?= config/default config/overlays/cert-manager config/samples config/network-policy
+KUSTOMIZATIONS ?= config/default config/overlays/cert-manager config/samples config/network-policy config/prometheus
 # make demo KEEP=1 leaves the local control plane, manager, egress and upstream running.
 KEEP ?= 0
 
@@ -120,5 +120,6 @@ deploy: ## Deploy CRD, manager, egress and RBAC with image IMG (DEPLOY_CONFIG=co
 	@hack/render.sh $(DEPLOY_CONFIG) $(IMG) | kubectl apply --server-side -f -
 
 .PHONY: undeploy
-undeploy: ## Remove everything deploy created.
-	@hack/render.sh $(DEPLOY_CONFIG) $(IMG) | kubectl delete --ignore-not-found -f -
+undeploy: ## Remove everything deploy created (KiloSessions first, while the manager can still run their finalizers).
+	kubectl delete kilosessions.kilo.ai --all --all-namespaces --ignore-not-found --timeout=120s || true
+	@hack/render.sh $(DEPLOY_CONFIG) $(IMG) | kubectl delete --ignore-not-found --wait=false -f -
