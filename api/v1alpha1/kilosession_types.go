@@ -129,6 +129,7 @@ type KiloSessionSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=256
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="kiloSessionId is immutable"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$')",message="kiloSessionId may contain only letters, digits and - . _ ~, and must not start with a dot"
 	KiloSessionID string `json:"kiloSessionId"`
 
 	// userTokenSecretRef points at the user's Kilo token.

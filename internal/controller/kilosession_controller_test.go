@@ -449,6 +449,15 @@ var _ = Describe("KiloSession controller", func() {
 		Expect(err).To(HaveOccurred())
 		Expect(err.Error()).To(ContainSubstring("target URLs must use https"))
 
+		// A session id the policy could never match in an ingest path (it would be percent-encoded into %2F or a
+		// dot segment, both refused) is rejected up front instead of yielding a session that cannot ingest.
+		for _, id := range []string{"a/b", "..", ".hidden", "a;b", "ses 1"} {
+			badID := newSession(ns, "s5", "t", func(s *kilov1alpha1.KiloSession) { s.Spec.KiloSessionID = id })
+			err = k8sClient.Create(ctx, badID)
+			Expect(err).To(HaveOccurred(), "kiloSessionId %q", id)
+			Expect(err.Error()).To(ContainSubstring("kiloSessionId may contain only"))
+		}
+
 		createSession(ns, "s4", "t")
 		// Retried only past write conflicts with the controller (it adds its finalizer meanwhile).
 		Eventually(func() error {
