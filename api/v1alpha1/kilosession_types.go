@@ -234,7 +234,7 @@ type KiloSessionStatus struct {
 // +kubebuilder:printcolumn:name="Pods",type=integer,JSONPath=`.status.issuedPods`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
-// +kubebuilder:printcolumn:name="Next renewal",type=date,JSONPath=`.status.nextRenewal`
+// +kubebuilder:printcolumn:name="Next renewal",type=string,JSONPath=`.status.nextRenewal`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type KiloSession struct {
 	metav1.TypeMeta `json:",inline"`
