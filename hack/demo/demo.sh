@@ -306,6 +306,12 @@ check "the capability is bound to this pod's UID and redacts the token" \
   bash -c 'kilo_out=$("$1" capability decode --key-file "$2" <<<"$3"); jq -e --arg uid "$4" ".ok and .claims.outboundContainerId == \$uid and .claims.userToken == \"[REDACTED]\"" <<<"$kilo_out" >/dev/null' \
   _ "$BIN/kubectl-kilo" "$WORK/keys" "$TOKEN" "$POD_UID"
 
+say "The operator's own reach is narrowed below RBAC by admission policies (config/default/secret-write-policy.yaml):"
+check "the manager's ServiceAccount cannot create a Secret that is not a capability" \
+  bash -c '! KUBECONFIG="$1" kubectl -n "$2" create secret generic kilo-probe --from-literal=token=x 2>/dev/null' _ "$WORK/manager.kubeconfig" "$NS"
+check "the egress's ServiceAccount cannot create any Secret but its CA" \
+  bash -c '! KUBECONFIG="$1" kubectl -n "$2" create secret generic kilo-probe --from-literal=token=x 2>/dev/null' _ "$WORK/egress.kubeconfig" "$OPNS"
+
 # ---------------------------------------------------------------------------------------------------------------
 section "3. Requests from the pod through the interceptor"
 # The interceptor CA bundle, as the pod sees it: the ConfigMap the manager published in the session namespace.
