@@ -13,7 +13,7 @@ import (
 // percent-encodings), so a rule cannot be stepped around with "%3A" for ":". Matching is case-insensitive, on the
 // escaped request path, and a request path with one trailing '/' matches as if it had none, because common
 // routers (Express, Next.js) serve "/a/" and "/A" as "/a". Methods are compared case-insensitively; none means
-// every method.
+// every method; GET implies HEAD, which those routers serve with the GET handler.
 type DenyRule struct {
 	Path    string
 	Methods []string
@@ -96,11 +96,20 @@ func compileRule(r DenyRule) (compiledRule, string) {
 		}
 		c.segs = append(c.segs, s)
 	}
+	hasGet, hasHead := false, false
 	for _, m := range r.Methods {
 		if !isToken(m) {
 			return c, fmt.Sprintf("method %q is not an HTTP method token", m)
 		}
-		c.methods = append(c.methods, strings.ToUpper(m))
+		m = strings.ToUpper(m)
+		hasGet = hasGet || m == "GET"
+		hasHead = hasHead || m == "HEAD"
+		c.methods = append(c.methods, m)
+	}
+	// A rule for GET also covers HEAD: Express, Next.js and Go's ServeMux answer HEAD by running the GET handler
+	// (only the body is dropped), so the handler a GET rule denies would otherwise still run for a HEAD.
+	if hasGet && !hasHead {
+		c.methods = append(c.methods, "HEAD")
 	}
 	return c, ""
 }

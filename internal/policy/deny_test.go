@@ -41,6 +41,7 @@ func TestDenyRulesInTheBackendCatchAll(t *testing.T) {
 		{Path: "/api/admin/**"},
 		{Path: "/api/users/*/delete", Methods: []string{"post", "DELETE"}},
 		{Path: "/api/exact"},
+		{Path: "/api/reports/**", Methods: []string{"GET"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +66,12 @@ func TestDenyRulesInTheBackendCatchAll(t *testing.T) {
 		{"GET", "/api/exact", denied(DetailDenyRule)},
 		{"GET", "/api/exact/", denied(DetailDenyRule)},
 		{"GET", "/api/exact/below", ok(RouteBackendAPI)},
+		// Express, Next.js and Go's ServeMux all serve HEAD with the GET handler (which runs in full; only the body
+		// is dropped), so a GET rule that let HEAD through would be a rule with a side door.
+		{"GET", "/api/reports/1", denied(DetailDenyRule)},
+		{"HEAD", "/api/reports/1", denied(DetailDenyRule)},
+		{"head", "/api/reports", denied(DetailDenyRule)},
+		{"POST", "/api/reports/1", ok(RouteBackendAPI)},
 		{"GET", "/api/ex%61ct", refused(DetailEncodedUnreserved)}, // the spelling around a rule is refused earlier
 		// Deny rules only narrow the backend catch-all: allowed routes of other classes are unaffected, and the
 		// built-in deny and session territory keep their own detail.
