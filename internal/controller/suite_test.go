@@ -56,6 +56,9 @@ var (
 
 	// initialKey is the sealing key the suite's key ring Secret starts with.
 	initialKey = bytes.Repeat([]byte{0x42}, 32)
+
+	// allowList is the upstream allow-list the suite's reconciler runs with.
+	allowList *policy.AllowList
 )
 
 type lockedBuffer struct {
@@ -133,11 +136,11 @@ var _ = BeforeSuite(func() {
 	keyRing, err = NewKeyRingSource(mgr, operatorNamespace, kilov1alpha1.DefaultKeyRingSecret)
 	Expect(err).NotTo(HaveOccurred())
 
-	allow, err := policy.ParseAllowList(append([]string{"https://backend.example.test"}, policy.DefaultAllowList...))
+	allowList, err = policy.ParseAllowList(append([]string{"https://backend.example.test"}, policy.DefaultAllowList...))
 	Expect(err).NotTo(HaveOccurred())
 	Expect((&KiloSessionReconciler{
 		KeyRing:   keyRing,
-		AllowList: allow,
+		AllowList: allowList,
 		Clock:     testClock,
 	}).SetupWithManager(mgr)).To(Succeed())
 	for _, setup := range suiteSetup {
@@ -150,6 +153,23 @@ var _ = BeforeSuite(func() {
 	}()
 	Eventually(func() error { _, err := keyRing.KeyRing(); return err }).WithTimeout(20 * time.Second).Should(Succeed())
 })
+
+// directReconciler is a second reconciler over the same API server and key ring, for specs that need to see what
+// one pass returns (its requeue and its error), which the manager's controller does not expose. It reads capability
+// Secrets straight from the API server instead of a private cache; only metadata matters to the plan.
+func directReconciler() *KiloSessionReconciler {
+	return &KiloSessionReconciler{
+		Client:           mgr.GetClient(),
+		APIReader:        mgr.GetAPIReader(),
+		Scheme:           mgr.GetScheme(),
+		Recorder:         mgr.GetEventRecorder("direct-test"),
+		KeyRing:          keyRing,
+		AllowList:        allowList,
+		Clock:            testClock,
+		WriteConcurrency: 4,
+		capabilities:     k8sClient,
+	}
+}
 
 var _ = AfterSuite(func() {
 	if cancel != nil {
