@@ -191,6 +191,9 @@ type observations struct {
 	blocked condition
 	// keyRingPending: the key ring source has not loaded yet; conditions are left as they are.
 	keyRingPending bool
+	// specError is the user's error that stopped this pass (invalid targets, deny rule or selector). It keeps
+	// observedGeneration back even when the pass returns no error to wait for live capabilities to expire.
+	specError      error
 	suspended      bool
 	selected       int32
 	issued         int32
@@ -319,7 +322,14 @@ func (r *KiloSessionReconciler) reconcileNormal(ctx context.Context, session *ki
 		return ctrl.Result{}, err
 	}
 	if terminal != nil {
+		obs.specError = terminal
 		log.V(1).Info("KiloSession spec is invalid; waiting for it to change", "reason", terminal.Error())
+		// Capabilities issued under the last valid spec stay until they expire, and the status and the expiry
+		// gauge must notice when they do. controller-runtime drops the result of a pass that returns an error, so
+		// the error becomes terminal only once nothing is left to wait for.
+		if obs.earliestExpiry.After(now) {
+			return ctrl.Result{RequeueAfter: obs.earliestExpiry.Sub(now)}, nil
+		}
 		return ctrl.Result{}, reconcile.TerminalError(terminal)
 	}
 	result := ctrl.Result{}
@@ -789,7 +799,7 @@ func (r *KiloSessionReconciler) patchStatus(ctx context.Context, original, sessi
 	}
 	// observedGeneration means "this generation was acted on completely"; a pass that failed or stopped on a
 	// user error leaves it at the last generation that succeeded.
-	if reconcileErr == nil {
+	if reconcileErr == nil && obs.specError == nil {
 		st.ObservedGeneration = gen
 	}
 

@@ -51,6 +51,41 @@ var _ = Describe("A reconcile pass", func() {
 		Expect(res.RequeueAfter).To(Equal(earliest.Sub(testClock.Now())), "wake up exactly when the first pod is due, not on a poll")
 	})
 
+	It("keeps waking for capabilities issued under a valid spec after the spec turns invalid, and stops once they expired", func() {
+		createTokenSecret(ns, "user-token", "v", true)
+		createSession(ns, "s1", "user-token", func(s *kilov1alpha1.KiloSession) {
+			s.Spec.CapabilityLifetime = &metav1.Duration{Duration: 10 * time.Minute}
+			s.Spec.RenewBefore = &metav1.Duration{Duration: 2 * time.Minute}
+		})
+		pod := sessionPod(ns, "agent", "s1")
+		expiry := expiresAt(capabilityOf(pod))
+		Eventually(func() string { return conditionOf(ns, "s1", kilov1alpha1.ReadyCondition) }).Should(Equal("True/" + kilov1alpha1.ReasonIssued))
+		goodGeneration := getSession(ns, "s1").Status.ObservedGeneration
+
+		updateSession(ns, "s1", func(s *kilov1alpha1.KiloSession) { s.Spec.Targets.BackendBaseURL = "https://attacker.example.com" })
+		Eventually(func() string { return conditionOf(ns, "s1", kilov1alpha1.ReadyCondition) }).Should(Equal("False/" + kilov1alpha1.ReasonInvalidTargets))
+		s := getSession(ns, "s1")
+		Expect(s.Generation).To(BeNumerically(">", goodGeneration))
+		Expect(s.Status.ObservedGeneration).To(Equal(goodGeneration), "observedGeneration is only the last generation acted on successfully")
+
+		// The pod keeps its capability (issued for valid targets) until it expires; the status and the expiry
+		// gauge must say when that happened, so the pass has to come back then.
+		res, err := reconcileOnce("s1")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.RequeueAfter).To(Equal(expiry.Sub(testClock.Now())))
+		Expect(getSession(ns, "s1").Status.IssuedPods).To(BeEquivalentTo(1))
+
+		testClock.Step(expiry.Sub(testClock.Now()) + time.Second)
+		res, err = reconcileOnce("s1")
+		Expect(errors.Is(err, reconcile.TerminalError(nil))).To(BeTrue(), "with nothing left to wait for, an invalid spec is terminal: got %v", err)
+		Expect(res.RequeueAfter).To(BeZero())
+		Expect(getSession(ns, "s1").Status.IssuedPods).To(BeZero(), "an expired capability is not reported as held")
+		earliestExpiry.mu.Lock()
+		_, tracked := earliestExpiry.byKey[types.NamespacedName{Namespace: ns, Name: "s1"}]
+		earliestExpiry.mu.Unlock()
+		Expect(tracked).To(BeFalse(), "the expiry gauge forgets capabilities that expired")
+	})
+
 	It("is terminal at once for an invalid spec when no capability is live", func() {
 		createTokenSecret(ns, "user-token", "v", true)
 		createSession(ns, "s1", "user-token", func(s *kilov1alpha1.KiloSession) {
