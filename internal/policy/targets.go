@@ -1,6 +1,9 @@
 package policy
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // Targets are raw base URLs (same JSON names as the token's targets).
 type Targets struct {
@@ -39,7 +42,7 @@ type ParsedTargets struct {
 	backend, provider, ingest target
 
 	providerRoutes  []string // rule 1: provider prefixes under the provider base, exact
-	backendShaped   []string // rule 4: provider prefixes under the backend base, compared case-insensitively
+	backendShaped   []string // rule 4: provider prefixes under the backend base (and the provider's own routes when it shares the backend's origin), compared case-insensitively
 	orgPrefix       string   // rules 2 and 4: backend org prefix, ending in "/organizations/"
 	ingestSession   string   // rule 3: ingest base + "/api/session/"
 	ingestBootstrap string   // rule 3: ingest base + "/api/session"
@@ -70,6 +73,16 @@ func ParseTargets(t Targets) (*ParsedTargets, error) {
 	}
 	p.providerRoutes = providerPrefixes(p.provider.base)
 	p.backendShaped = providerPrefixes(p.backend.base)
+	if p.provider.origin == p.backend.origin {
+		// The provider's own routes on a shared origin belong to rule 1 only. Rule 1 compares exactly; without
+		// this, a case variant ("/V2/api/openrouter" for base "/v2") would reach the same model route through the
+		// backend catch-all, with the user token, on any router that matches case-insensitively.
+		for _, pre := range p.providerRoutes {
+			if !slices.Contains(p.backendShaped, pre) {
+				p.backendShaped = append(p.backendShaped, pre)
+			}
+		}
+	}
 	if strings.HasSuffix(p.backend.base, "/api") {
 		p.orgPrefix = p.backend.base + "/organizations/"
 	} else {
