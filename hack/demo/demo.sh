@@ -410,11 +410,12 @@ say ""
 say "${B}b) the session is suspended${N}"
 show "kubectl patch ks $SESSION -p '{\"spec\":{\"suspend\":true}}'"
 kubectl -n "$NS" patch ks "$SESSION" --type merge -p '{"spec":{"suspend":true}}' >/dev/null
-BEFORE=$(seen_count)
+# The egress learns of the suspension through its informer, within milliseconds; wait for it, then judge a request.
 wait_for "the egress to refuse the capability" 30 egress bash -c '
   curl -sS --max-time 10 --proxy "http://127.0.0.1:$1" --interface "$2" --cacert "$3" -H "Authorization: Bearer $4" \
     "$5/api/openrouter/chat/completions" | jq -e ".reason == \"capability_revoked\""' \
   _ "$PROXY_PORT" "$POD_IP" "$WORK/pod-ca.crt" "$TOKEN" "$UP_API" || fail "the suspended session's capability was not refused"
+BEFORE=$(seen_count)
 pod_curl "$UP_API/api/openrouter/chat/completions" | indent
 echo
 check "403 capability_revoked, nothing forwarded" refused capability_revoked
