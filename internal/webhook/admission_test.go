@@ -79,6 +79,24 @@ var _ = Describe("Pod injection through the API server", func() {
 		}).WithTimeout(5 * time.Second).Should(ContainSubstring(`KiloSession "demo" in namespace "` + ns + `" is suspended`))
 	})
 
+	It("refuses a pod of a KiloSession that is being deleted", func() {
+		// Its capability would never be issued (the controller only revokes for a deleted session), and the
+		// non-optional Secret volume would hold the pod in ContainerCreating with no explanation.
+		ks := &kiloai.KiloSession{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo"}}
+		Expect(env.client.Patch(ctx, ks, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":["test.kilo.ai/hold"]}}`)))).To(Succeed())
+		DeferCleanup(func() {
+			Expect(env.client.Patch(ctx, ks, client.RawPatch(types.JSONPatchType, []byte(`[{"op":"remove","path":"/metadata/finalizers"}]`)))).To(Succeed())
+		})
+		Expect(env.client.Delete(ctx, ks)).To(Succeed())
+		Eventually(func() string {
+			err := env.client.Create(ctx, sessionPod(ns, "demo"))
+			if err == nil {
+				return ""
+			}
+			return err.Error()
+		}).WithTimeout(5 * time.Second).Should(ContainSubstring(`KiloSession "demo" in namespace "` + ns + `" is being deleted`))
+	})
+
 	It("refuses a hostNetwork session pod", func() {
 		pod := sessionPod(ns, "demo")
 		pod.Spec.HostNetwork = true

@@ -82,6 +82,12 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		}
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("reading KiloSession %s/%s: %w", ns, session, err)), outcomeError
 	}
+	if !ks.DeletionTimestamp.IsZero() {
+		// The controller only revokes for a session being deleted, so this pod's capability would never be
+		// issued and its non-optional Secret volume would hold it in ContainerCreating without a word.
+		return admission.Denied(fmt.Sprintf("KiloSession %q in namespace %q is being deleted: its pods are refused",
+			session, ns)), outcomeRefused
+	}
 	if ks.Spec.Suspend {
 		return admission.Denied(fmt.Sprintf("KiloSession %q in namespace %q is suspended (spec.suspend is true): its pods are refused until it is resumed",
 			session, ns)), outcomeRefused

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -50,6 +51,8 @@ func TestRefusals(t *testing.T) {
 		{"Suspended KiloSession is refused even for an already injected pod", []client.Object{testSession("demo", true), testCABundle()},
 			func(p *corev1.Pod) { p.Annotations = map[string]string{kiloai.InjectedAnnotation: "{}"} },
 			[]string{"is suspended"}},
+		{"KiloSession being deleted is refused", []client.Object{deletingSession("demo"), testCABundle()}, nil,
+			[]string{`KiloSession "demo" in namespace "team-a" is being deleted`}},
 		{"hostNetwork pod is refused", []client.Object{testSession("demo", false), testCABundle()},
 			func(p *corev1.Pod) { p.Spec.HostNetwork = true },
 			[]string{"hostNetwork", `"demo"`, `"team-a"`}},
@@ -185,4 +188,11 @@ func FuzzHandle(f *testing.F) {
 			t.Fatalf("second pass patched again: %v", again.Patches)
 		}
 	})
+}
+
+func deletingSession(name string) *kiloai.KiloSession {
+	s := testSession(name, false)
+	s.Finalizers = []string{kiloai.CapabilitiesFinalizer}
+	s.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	return s
 }
