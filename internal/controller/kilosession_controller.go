@@ -885,11 +885,7 @@ func (r *KiloSessionReconciler) sessionsForTokenSecret(ctx context.Context, obj 
 		ctrl.LoggerFrom(ctx).Error(err, "Cannot list KiloSessions to map a token Secret", "Secret", client.ObjectKeyFromObject(obj))
 		return nil
 	}
-	reqs := make([]reconcile.Request, 0, len(sessions.Items))
-	for i := range sessions.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&sessions.Items[i])})
-	}
-	return reqs
+	return requestsFor(&sessions)
 }
 
 func (r *KiloSessionReconciler) sessionForCapabilitySecret(_ context.Context, s *corev1.Secret) []reconcile.Request {
@@ -906,11 +902,7 @@ func (r *KiloSessionReconciler) allSessions(ctx context.Context, _ client.Object
 		ctrl.LoggerFrom(ctx).Error(err, "Cannot list KiloSessions after a key ring change")
 		return nil
 	}
-	reqs := make([]reconcile.Request, 0, len(sessions.Items))
-	for i := range sessions.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&sessions.Items[i])})
-	}
-	return reqs
+	return requestsFor(&sessions)
 }
 
 // podChanged passes pod updates that can change what the controller does: labels (selection), the capability
@@ -941,6 +933,14 @@ func reconcileRequested() predicate.Predicate {
 			return e.ObjectNew.GetAnnotations()[a] != "" && e.ObjectOld.GetAnnotations()[a] != e.ObjectNew.GetAnnotations()[a]
 		},
 	}
+}
+
+func requestsFor(sessions *kilov1alpha1.KiloSessionList) []reconcile.Request {
+	reqs := make([]reconcile.Request, 0, len(sessions.Items))
+	for i := range sessions.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&sessions.Items[i])})
+	}
+	return reqs
 }
 
 func ptrs[T any](items []T) []*T {
