@@ -338,6 +338,13 @@ seen_count() { seen | jq length; }
 last_auth() { seen | jq -r '.[-1].authorization'; }
 USER_TOKEN=$(kubectl -n "$NS" get secret kilo-user-token -o jsonpath='{.data.token}' | base64 -d)
 
+# The egress learns the pod's address and the session's targets through informers. Wait until it answers a
+# request that the policy refuses (so nothing reaches the upstream) with the policy's reason: then it knows both.
+wait_for "the egress to know the pod and its session" 30 egress bash -c '
+  curl -sS --max-time 5 --proxy "http://127.0.0.1:$1" --interface "$2" --cacert "$3" -H "Authorization: Bearer $4" \
+    "$5/api/session/ses_probe/export" | jq -e ".reason == \"upstream_not_allowed\""' \
+  _ "$PROXY_PORT" "$POD_IP" "$WORK/pod-ca.crt" "$TOKEN" "$UP_INGEST" || fail "the egress does not recognise the session pod"
+
 say ""
 say "${B}a) a model call${N} (provider route)"
 show "curl --proxy http://127.0.0.1:$PROXY_PORT --interface $POD_IP --cacert ca.crt -H \"Authorization: Bearer \$KILOCODE_TOKEN\" $UP_API/api/openrouter/chat/completions"
