@@ -63,7 +63,10 @@ func parseAuthority(s, scheme string, requirePort bool) (authority, error) {
 		}
 		host = a.String()
 	} else {
-		if host == "" || len(host) > 253 {
+		// "api.kilo.ai." and "api.kilo.ai" name the same server; without this the fully-qualified spelling would
+		// miss the target lookup and ride a blind tunnel, capability and all.
+		host = strings.TrimSuffix(host, ".")
+		if host == "" || len(host) > 253 || host[0] == '.' || host[len(host)-1] == '.' || strings.Contains(host, "..") {
 			return authority{}, errBadAuthority
 		}
 		for i := 0; i < len(host); i++ {

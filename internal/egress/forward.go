@@ -34,7 +34,13 @@ const (
 	reasonTooMany            = "too_many_requests"
 	reasonBodyTooLarge       = "request_body_too_large"
 	reasonHostMismatch       = "host_mismatch"
+	reasonMethodOverride     = "method_override"
 )
+
+// methodOverrideHeaders make many frameworks and gateways (Express's method-override, Rails, Laravel, Symfony,
+// Google's ESP) route a request as a method other than its own. The redeem decision judges the request's real
+// method, so a redeemed request carrying one is refused rather than letting the upstream run a different one.
+var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
 // exchange is one request's routing facts, established by the front door (absolute-form or a tunnel).
 type exchange struct {
@@ -154,6 +160,12 @@ func (p *Proxy) handleRequest(w http.ResponseWriter, r *http.Request, x exchange
 	defer p.reqLimit.release(limitKey)
 
 	if kind == credBearer {
+		for _, h := range methodOverrideHeaders {
+			if _, ok := r.Header[h]; ok {
+				p.refuse(w, r, routeNone, http.StatusForbidden, errEgress, reasonMethodOverride, start)
+				return
+			}
+		}
 		res, err := p.redeemer.Decide(r.Context(), redeem.Request{
 			Capability:   token,
 			CallerPodUID: caller.UID,
@@ -247,6 +259,11 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 				}
 			}
 		}
+	}
+	if pl.token != "" && resp.Body != nil && resp.Body != http.NoBody {
+		// Trailers arrive after the body, when the header scrub above has long run; scrub them as the body ends
+		// (the reverse proxy copies them only after reading the body to EOF and closing it).
+		resp.Body = &trailerScrub{ReadCloser: resp.Body, resp: resp, token: pl.token}
 	}
 	pl.written = true
 	p.m.requests.WithLabelValues(pl.route, outcomeForwarded).Inc()
@@ -353,3 +370,37 @@ func (w *countingWriter) Flush() { _ = http.NewResponseController(w.ResponseWrit
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 var _ net.Conn = (*bufConn)(nil)
+
+// trailerScrub removes every trailer whose value holds the credential once the upstream body has ended.
+type trailerScrub struct {
+	io.ReadCloser
+	resp  *http.Response
+	token string
+}
+
+func (b *trailerScrub) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.scrub()
+	}
+	return n, err
+}
+
+func (b *trailerScrub) Close() error {
+	err := b.ReadCloser.Close()
+	b.scrub()
+	return err
+}
+
+func (b *trailerScrub) scrub() {
+	for k, vs := range b.resp.Trailer {
+		for _, v := range vs {
+			if strings.Contains(v, b.token) {
+				// Emptied, not deleted: the reverse proxy decides how to send trailers by comparing their count
+				// with what it announced, and a deletion would make it drop the undeclared ones that remain.
+				b.resp.Trailer[k] = nil
+				break
+			}
+		}
+	}
+}

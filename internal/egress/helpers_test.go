@@ -220,6 +220,14 @@ func (u *upstream) handler(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Proxy-Authenticate", "Basic realm=x")
 		w.Header().Set("Proxy-Extra", "1")
 		fmt.Fprint(w, "ok")
+	case strings.HasPrefix(r.URL.Path, "/trailer-echo"):
+		// A debug endpoint that reflects the credential in a trailer, which reaches the client after the body.
+		w.Header().Set("Trailer", "X-Echo-Authorization")
+		fmt.Fprint(w, "ok")
+		http.NewResponseController(w).Flush()
+		w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
+		w.Header().Set(http.TrailerPrefix+"X-Undeclared-Echo", "token="+strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+		w.Header().Set(http.TrailerPrefix+"X-Harmless", "kept")
 	case strings.HasPrefix(r.URL.Path, "/block"):
 		<-u.block
 		fmt.Fprint(w, "unblocked")
