@@ -351,6 +351,8 @@ show "curl --proxy http://127.0.0.1:$PROXY_PORT --interface $POD_IP --cacert ca.
 pod_curl "$UP_API/api/openrouter/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model":"kilo/demo-model","messages":[{"role":"user","content":"hello"}]}' | jq -c . | indent
 check "200 from the upstream" test "$(status)" = 200
+say "    the pod sent:          Authorization: Bearer ${TOKEN:0:16}… (the capability)"
+say "    the upstream received: Authorization: $(last_auth)   (the user's token, swapped in by the egress)"
 check "the upstream saw the user's real token, not the capability" test "$(last_auth)" = "Bearer $USER_TOKEN"
 
 say ""
@@ -410,6 +412,7 @@ wait_for "the capability to be re-issued" 30 manager bash -c '[[ "$(kubectl -n "
 ok "capability Secret $CAP_SECRET re-issued $((SECONDS - T0))s after the token change"
 TOKEN=$(capability)
 pod_curl "$UP_API/api/openrouter/chat/completions" -d '{}' -H 'Content-Type: application/json' >/dev/null
+say "    the upstream received: Authorization: $(last_auth)"
 check "200, and the upstream now sees the new token" \
   bash -c '[[ "$1" == 200 && "$2" == "Bearer kilo-user-token-v2" ]]' _ "$(status)" "$(last_auth)"
 
