@@ -102,7 +102,7 @@ func run(o *options) error {
 	}
 	if o.metricsSecure {
 		// Every scrape is authenticated (TokenReview) and authorized (SubjectAccessReview on GET /metrics), as
-		// the kubebuilder scaffold does: metrics reveal session counts and names, which are not public.
+		// the kubebuilder scaffold does: session counts, refusal rates and expiry times are not for anonymous readers.
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
