@@ -169,6 +169,8 @@ func targetMessage(d string) string {
 		return "path is percent-encoded too many times over"
 	case DetailBackslash:
 		return "path must not contain a backslash"
+	case DetailCompatCharacter:
+		return "path must not contain characters that Unicode normalisation turns into . / \\ % ? # or ;"
 	case DetailEmptySegment:
 		return "path must not contain empty segments (//)"
 	case DetailSemicolon:

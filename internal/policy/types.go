@@ -52,6 +52,7 @@ const (
 	DetailInvalidUTF8        = "invalid_utf8"        // decodes to invalid UTF-8 (overlong forms such as %c0%ae)
 	DetailNestedEncoding     = "nested_encoding"     // still percent-encoded after the guard's four decodings
 	DetailBackslash          = "backslash"           // a '\' once decoded
+	DetailCompatCharacter    = "compat_character"    // decodes to a character NFKC turns into . / \ % ? # or ;
 	DetailEmptySegment       = "empty_segment"       // "//" in the path
 	DetailSemicolon          = "semicolon"           // ';' or %3B in the path (matrix parameters)
 	DetailEncodedUnreserved  = "encoded_unreserved"  // a percent-encoded A–Z a–z 0–9 - . _ ~ in the path

@@ -244,7 +244,41 @@ func traversalGuard(p string) string {
 	if hasDotSegment(buf) {
 		return DetailDotSegment
 	}
+	if hasCompatSpecial(buf) {
+		return DetailCompatCharacter
+	}
 	return ""
+}
+
+// compatSpecials are the code points whose NFKC form holds one of . / \ % ? # ; — "%EF%BC%8E%EF%BC%8E" is U+FF0E
+// twice, which a server that normalises paths with NFKC (several Python, Java and .NET stacks do, and so do some
+// WAFs and gateways) turns into "..", after every check here has passed. None has a use in an API path. The list
+// is generated from Unicode's decomposition data; TestCompatSpecialsMatchNFKC re-derives it.
+var compatSpecials = [...]rune{
+	0x037E, 0x2024, 0x2025, 0x2026, 0x2047, 0x2048, 0x2049, 0x2100, 0x2101, 0x2105, 0x2106,
+	0x2488, 0x2489, 0x248A, 0x248B, 0x248C, 0x248D, 0x248E, 0x248F, 0x2490, 0x2491, 0x2492, 0x2493,
+	0x2494, 0x2495, 0x2496, 0x2497, 0x2498, 0x2499, 0x249A, 0x249B, 0x33C2, 0x33C7, 0x33D8,
+	0xFE14, 0xFE16, 0xFE19, 0xFE30, 0xFE52, 0xFE54, 0xFE56, 0xFE5F, 0xFE68, 0xFE6A,
+	0xFF03, 0xFF05, 0xFF0E, 0xFF0F, 0xFF1B, 0xFF1F, 0xFF3C, 0x1F100,
+}
+
+// hasCompatSpecial reports whether fully decoded, valid UTF-8 text holds one of compatSpecials. ASCII-only text
+// (the usual case) costs one pass over the bytes.
+func hasCompatSpecial(t []byte) bool {
+	for i := 0; i < len(t); {
+		if t[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(t[i:])
+		i += n
+		for _, c := range compatSpecials {
+			if r == c {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type text interface{ ~string | ~[]byte }
