@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -807,7 +809,7 @@ func (r *KiloSessionReconciler) patchStatus(ctx context.Context, original, sessi
 	if ready.status == metav1.ConditionFalse && ready.reason != kilov1alpha1.ReasonSuspended && ready.reason != kilov1alpha1.ReasonProgressing {
 		capabilityIssueErrors.WithLabelValues(ready.reason).Inc()
 		if prev := meta.FindStatusCondition(original.Status.Conditions, kilov1alpha1.ReadyCondition); prev == nil || prev.Reason != ready.reason {
-			r.Recorder.Eventf(session, nil, corev1.EventTypeWarning, ready.reason, "Issue", "%s", ready.message)
+			r.Recorder.Eventf(session, nil, corev1.EventTypeWarning, ready.reason, "Issue", "%s", eventNote(ready.message))
 		}
 	}
 
@@ -836,14 +838,19 @@ func (r *KiloSessionReconciler) readyCondition(obs *observations, reconcileErr e
 	case obs.blocked.set():
 		return obs.blocked
 	case len(obs.conflicts) > 0:
-		msg := obs.conflicts[0]
-		if len(obs.conflicts) > 1 {
-			msg = fmt.Sprintf("%s (and %d more)", msg, len(obs.conflicts)-1)
-		}
-		return condition{metav1.ConditionFalse, kilov1alpha1.ReasonSecretConflict, msg}
+		return condition{metav1.ConditionFalse, kilov1alpha1.ReasonSecretConflict, summarize(obs.conflicts)}
 	case len(obs.issueErrors) > 0 || reconcileErr != nil:
+		// reconcileErr joins issueErrors when there are any; otherwise it is the one transient error of the pass.
+		errs := obs.issueErrors
+		if len(errs) == 0 {
+			errs = []error{reconcileErr}
+		}
+		msgs := make([]string, len(errs))
+		for i, err := range errs {
+			msgs[i] = err.Error()
+		}
 		return condition{metav1.ConditionFalse, kilov1alpha1.ReasonIssuanceFailed,
-			fmt.Sprintf("Writing capability Secrets failed; retrying: %v", errors.Join(append(obs.issueErrors, reconcileErr)...))}
+			"Writing capability Secrets failed; retrying: " + summarize(msgs)}
 	case obs.selected == 0:
 		return condition{metav1.ConditionTrue, kilov1alpha1.ReasonNoPods, "No running pod matches the session's pod selector"}
 	case obs.issued < obs.selected:
@@ -852,6 +859,37 @@ func (r *KiloSessionReconciler) readyCondition(obs *observations, reconcileErr e
 	default:
 		return condition{metav1.ConditionTrue, kilov1alpha1.ReasonIssued, fmt.Sprintf("All %d pods hold a current capability", obs.selected)}
 	}
+}
+
+// summarize is one of msgs in full and a count of the others. A condition message is capped at 32 KiB and an
+// events.k8s.io note at 1 KiB; a list of every failing pod of a large session would exceed both, and the API
+// server would then refuse the status patch and the event outright. The messages are sorted first so that the
+// same failures give the same text on every pass (writes run concurrently, so they arrive in any order) and the
+// status is not rewritten for nothing.
+func summarize(msgs []string) string {
+	msgs = slices.Clone(msgs)
+	slices.Sort(msgs)
+	if len(msgs) == 1 {
+		return msgs[0]
+	}
+	return fmt.Sprintf("%s (and %d more)", msgs[0], len(msgs)-1)
+}
+
+// maxEventNote is the events.k8s.io/v1 limit on an event's note; a longer note makes the API server reject the
+// event, so the user would see none.
+const maxEventNote = 1024
+
+// eventNote cuts msg to fit an event note, on a UTF-8 boundary.
+func eventNote(msg string) string {
+	if len(msg) <= maxEventNote {
+		return msg
+	}
+	const ellipsis = "…"
+	cut := maxEventNote - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + ellipsis
 }
 
 // Watch mapping.

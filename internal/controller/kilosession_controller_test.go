@@ -15,6 +15,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -424,6 +425,36 @@ var _ = Describe("KiloSession controller", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(got.Data).To(Equal(foreign.Data))
 		Expect(got.ResourceVersion).To(Equal(foreign.ResourceVersion))
+	})
+
+	It("reports failing writes for many pods in a bounded condition and a Warning event", func() {
+		createTokenSecret(ns, "user-token", "v", true)
+		// A ResourceQuota that is already full: every capability Secret create is forbidden by the API server.
+		// envtest runs no quota controller, so the status is set by hand, as the controller would.
+		quota := &corev1.ResourceQuota{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "secrets"},
+			Spec:       corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{"count/secrets": resource.MustParse("1")}},
+		}
+		Expect(k8sClient.Create(ctx, quota)).To(Succeed())
+		quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{"count/secrets": resource.MustParse("1")}}
+		Expect(k8sClient.Status().Update(ctx, quota)).To(Succeed())
+
+		// Pods first, so that the session's first pass, the one that emits the Warning, sees every failure.
+		const pods = 12
+		for i := range pods {
+			sessionPod(ns, fmt.Sprintf("agent-%02d", i), "s1")
+		}
+		createSession(ns, "s1", "user-token")
+		Eventually(func() string { return conditionOf(ns, "s1", kilov1alpha1.ReadyCondition) }).
+			Should(Equal("False/" + kilov1alpha1.ReasonIssuanceFailed))
+		Eventually(func() int32 { return getSession(ns, "s1").Status.SelectedPods }).Should(BeEquivalentTo(pods))
+		ready := meta.FindStatusCondition(getSession(ns, "s1").Status.Conditions, kilov1alpha1.ReadyCondition)
+		Expect(ready.Message).To(ContainSubstring("exceeded quota"))
+		Expect(ready.Message).To(ContainSubstring("and %d more", pods-1), "one failure in full, the rest counted")
+		// events.k8s.io refuses a note over 1 KiB, which a list of every failure would exceed: the user would
+		// then see no event at all.
+		Eventually(func() []string { return eventReasons(ns) }).Should(ContainElement("Warning/" + kilov1alpha1.ReasonIssuanceFailed))
+		Expect(capabilitySecretsIn(ns)).To(BeEmpty())
 	})
 
 	It("validates the spec in the API server with messages a user understands", func() {

@@ -1,9 +1,12 @@
 package controller
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -310,4 +313,31 @@ func withSecret(s *corev1.Secret, mutate func(*corev1.Secret)) *corev1.Secret {
 	c := s.DeepCopy()
 	mutate(c)
 	return c
+}
+
+func TestFailureMessagesFitTheirAPILimits(t *testing.T) {
+	r := &KiloSessionReconciler{}
+	obs := &observations{selected: 5000}
+	for i := range 5000 {
+		obs.issueErrors = append(obs.issueErrors, fmt.Errorf("writing capability Secret ns/kilo-cap-agent-%04d: forbidden: exceeded quota", 4999-i))
+	}
+	c := r.readyCondition(obs, errors.Join(obs.issueErrors...))
+	if c.reason != kilov1alpha1.ReasonIssuanceFailed {
+		t.Fatalf("reason = %s", c.reason)
+	}
+	if len(c.message) > 32768 {
+		t.Errorf("condition message is %d bytes; the API server refuses more than 32768", len(c.message))
+	}
+	if !strings.Contains(c.message, "kilo-cap-agent-0000") || !strings.Contains(c.message, "(and 4999 more)") {
+		t.Errorf("message should name the first failure in order and count the rest: %q", c.message)
+	}
+
+	long := strings.Repeat("é", 2000)
+	note := eventNote(long)
+	if len(note) > maxEventNote || !utf8.ValidString(note) {
+		t.Errorf("event note is %d bytes (limit %d), valid UTF-8: %v", len(note), maxEventNote, utf8.ValidString(note))
+	}
+	if eventNote("short") != "short" {
+		t.Error("a short note must be kept as it is")
+	}
 }
