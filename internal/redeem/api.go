@@ -212,10 +212,29 @@ func parseRedeemBody(body []byte) (Request, bool) {
 	if _, err := dec.Token(); err != io.EOF {
 		return Request{}, false // trailing data
 	}
-	if req.Capability == "" || req.CallerPodUID == "" || req.URL == "" || req.Method == "" {
+	if req.Capability == "" || req.CallerPodUID == "" || req.URL == "" || !isMethodToken(req.Method) {
 		return Request{}, false
 	}
 	return req, true
+}
+
+// isMethodToken: an HTTP method is a token (RFC 9110 §9.1, §5.6.2). Anything else is no request an upstream would
+// serve, and judged as given ("GET " or "GET\x00") it would not match a deny rule written for the method it
+// imitates.
+func isMethodToken(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		c := m[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // MuxConfig configures NewMux.

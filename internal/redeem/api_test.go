@@ -200,6 +200,12 @@ func TestRedeemAPIRejectsMalformedRequests(t *testing.T) {
 		{"Empty outboundContainerId", "application/json",
 			strings.Replace(valid, `"outboundContainerId":"`+podUID+`"`, `"outboundContainerId":""`, 1)},
 		{"Duplicate field", "application/json", strings.TrimSuffix(valid, "}") + `,"requestMethod":"POST"}`},
+		{"Duplicate field spelled with an escape", "application/json", strings.TrimSuffix(valid, "}") + `,"request\u004dethod":"POST"}`},
+		// A method that is not an HTTP token is no request an upstream would serve; judged as given, "GET\u0000"
+		// or "GET " would step around a deny rule written for GET.
+		{"Method with a NUL", "application/json", strings.Replace(valid, `"requestMethod":"GET"`, `"requestMethod":"GET\u0000"`, 1)},
+		{"Method with a space", "application/json", strings.Replace(valid, `"requestMethod":"GET"`, `"requestMethod":"GET "`, 1)},
+		{"Method that is a request line", "application/json", strings.Replace(valid, `"requestMethod":"GET"`, `"requestMethod":"GET /x HTTP/1.1"`, 1)},
 		{"Trailing data", "application/json", valid + `{}`},
 		{"Trailing garbage", "application/json", valid + `x`},
 		{"Empty body", "application/json", ``},
