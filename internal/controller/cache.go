@@ -48,7 +48,7 @@ func ConfigureCache(opts *cache.Options) {
 	}
 	opts.ByObject[&corev1.Secret{}] = cache.ByObject{
 		Label:     labels.SelectorFromSet(labels.Set{kilov1alpha1.TokenSourceLabel: "true"}),
-		Transform: cache.TransformStripManagedFields(),
+		Transform: stripTokenSecret,
 	}
 	opts.ByObject[&corev1.Pod{}] = cache.ByObject{
 		Label:     labels.NewSelector().Add(mustRequirement(kilov1alpha1.SessionLabel, selection.Exists)),
@@ -107,6 +107,24 @@ func newCapabilityCache(mgr manager.Manager, namespaces []string) (cache.Cache, 
 		return nil, fmt.Errorf("adding the capability Secret cache to the manager: %w", err)
 	}
 	return c, nil
+}
+
+// lastAppliedAnnotation is where client-side `kubectl apply` keeps a full copy of the object it applied. For a
+// Secret that copy holds the token in plain text, and after a rotation by `kubectl patch` it still holds the
+// previous token.
+const lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+
+// stripTokenSecret keeps a token Secret's data (the controller seals it into capabilities) but drops managed
+// fields and the last-applied copy before it enters the cache, so a rotated-away token does not live on in the
+// manager's memory.
+func stripTokenSecret(obj any) (any, error) {
+	if s, ok := obj.(*corev1.Secret); ok {
+		s.ManagedFields = nil
+		if _, ok := s.Annotations[lastAppliedAnnotation]; ok {
+			delete(s.Annotations, lastAppliedAnnotation)
+		}
+	}
+	return obj, nil
 }
 
 // stripCapabilitySecret drops a capability Secret's data and managed fields before it enters the cache.
