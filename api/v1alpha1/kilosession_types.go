@@ -12,7 +12,7 @@ const (
 	// PodUIDLabel labels a capability Secret with the UID of the pod it is bound to.
 	PodUIDLabel = "kilo.ai/pod-uid"
 	// TokenSourceLabel must be "true" on a Secret before a KiloSession may reference it as a token source. It is
-	// the opt-in that stops a KiloSession author from exfiltrating arbitrary Secrets (DESIGN.md §5).
+	// the opt-in that stops a KiloSession author from exfiltrating arbitrary Secrets (docs/DESIGN.md §5).
 	TokenSourceLabel = "kilo.ai/token-source"
 	// CapabilitySecretAnnotation on a pod names the Secret that holds its capability; the webhook chooses the
 	// name at admission because the pod's name and UID may not exist yet.

@@ -9,7 +9,7 @@ import "encoding/binary"
 // the ~1 KB ciphertext on every decode. This decoder accepts exactly the strings that StdEncoding produces: the
 // alphabet A–Z a–z 0–9 + /, a length that is a multiple of four, '=' only as the final one or two characters, and
 // zero bits in the unused tail of the last quantum. Decode-then-encode therefore always gives back the input,
-// which is what "canonical" means in DESIGN.md §3.
+// which is what "canonical" means in docs/DESIGN.md §3.
 
 const b64Alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 

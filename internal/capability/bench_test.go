@@ -58,7 +58,7 @@ var benchOnce = sync.OnceValue(func() *benchFixture {
 })
 
 // BenchmarkGCMOpenBaseline is the cost of the cryptography alone: AES-256-GCM open of the benchmark token's
-// ciphertext into a reused buffer. DESIGN.md §9 budgets Decode at ≤ 10× this.
+// ciphertext into a reused buffer. docs/DESIGN.md §9 budgets Decode at ≤ 10× this.
 func BenchmarkGCMOpenBaseline(b *testing.B) {
 	f := benchOnce()
 	dst := make([]byte, 0, len(f.sealed))
@@ -103,7 +103,7 @@ func ratioToGCMOpen(op func()) float64 {
 
 // BenchmarkDecode decodes the ~900-character benchmark token cold (no cache). Besides ns/op it reports
 // "x-gcm-open": Decode's cost as a multiple of BenchmarkGCMOpenBaseline, measured interleaved in the same run
-// (DESIGN.md §9 budget: 10).
+// (docs/DESIGN.md §9 budget: 10).
 func BenchmarkDecode(b *testing.B) {
 	f := benchOnce()
 	b.SetBytes(int64(len(f.token)))

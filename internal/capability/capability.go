@@ -1,4 +1,4 @@
-// Package capability implements the kka1 capability token (DESIGN.md §3): an AES-256-GCM sealed, short-lived,
+// Package capability implements the kka1 capability token (docs/DESIGN.md §3): an AES-256-GCM sealed, short-lived,
 // pod-bound grant that stands in for a user's Kilo token inside a session pod.
 //
 // The wire format is shared with an independent Node implementation (testdata/interop/kka1.mjs) and must stay

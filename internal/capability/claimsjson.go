@@ -12,7 +12,7 @@ import (
 // The claims JSON reader and writer.
 //
 // Reading is a hand-written scanner for the one fixed schema instead of encoding/json: a json.Decoder with
-// DisallowUnknownFields costs about 40 AES-GCM opens per token (DESIGN.md §9 allows 10), matches keys
+// DisallowUnknownFields costs about 40 AES-GCM opens per token (docs/DESIGN.md §9 allows 10), matches keys
 // case-insensitively, keeps the last of duplicate keys and turns invalid escapes into U+FFFD — all of which the
 // spec forbids. The scanner accepts exactly what the Node reference (JSON.parse + its duplicate-key check +
 // validateClaims) accepts, with one deliberate exception: a \u escape that leaves a lone UTF-16 surrogate is

@@ -2,7 +2,7 @@ package capability
 
 import "errors"
 
-// Reason is a stable failure reason string (DESIGN.md §3). It is part of the wire and metrics contract: never
+// Reason is a stable failure reason string (docs/DESIGN.md §3). It is part of the wire and metrics contract: never
 // rename one.
 type Reason string
 

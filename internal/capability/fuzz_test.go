@@ -49,7 +49,7 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		// Whatever Decode accepts is canonical and satisfies every rule of DESIGN.md §3.
+		// Whatever Decode accepts is canonical and satisfies every rule of docs/DESIGN.md §3.
 		parts := strings.Split(token[len(Prefix):], ":")
 		for _, p := range parts {
 			b, _ := base64.StdEncoding.DecodeString(p)

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// Decode opens and strictly validates token at time now. Checks run in the order of DESIGN.md §3 and the first
+// Decode opens and strictly validates token at time now. Checks run in the order of docs/DESIGN.md §3 and the first
 // failure wins: length → prefix → canonical parts → decrypt with each key → UTF-8 → JSON → schema →
 // issuedAt > now+60s (invalid) → expiresAt ≤ now (expired). Every failure is an *Error; none carries token
 // material. The returned claims' strings share one buffer holding the opened plaintext.

@@ -34,7 +34,7 @@ const (
 
 // BenchmarkIssue1000Pods measures, on a real API server, the time from the first of 1,000 session pods being
 // created until every one of them has its capability Secret, against the time the same client takes to create
-// 1,000 plain Secrets in the same run (DESIGN.md §9: budget 2×). The ratio is reported as x-baseline.
+// 1,000 plain Secrets in the same run (docs/DESIGN.md §9: budget 2×). The ratio is reported as x-baseline.
 func BenchmarkIssue1000Pods(b *testing.B) {
 	logf.SetLogger(logr.Discard())
 	env := &envtest.Environment{

@@ -2,7 +2,7 @@
 // it). It identifies the calling pod by the connection's source address, terminates TLS for CONNECT tunnels to
 // session target hosts with a leaf certificate signed by the interceptor CA, redeems the kka1 capability a request
 // carries through the shared redeem decision, swaps in the real Authorization and streams the upstream response
-// back unbuffered. DESIGN.md §7.
+// back unbuffered. docs/DESIGN.md §7.
 package egress
 
 import (

@@ -145,7 +145,7 @@ type WebhookCertManager struct {
 
 // NewWebhookCertManager builds the manager on its own small cache: one Secret by name and one
 // MutatingWebhookConfiguration by name. It does not use the controller-runtime manager's cache because that one
-// deliberately holds only token-source Secrets (DESIGN.md §5).
+// deliberately holds only token-source Secrets (docs/DESIGN.md §5).
 func NewWebhookCertManager(cfg *rest.Config, opts WebhookCertOptions) (*WebhookCertManager, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err

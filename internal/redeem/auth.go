@@ -61,7 +61,7 @@ type TokenReviewConfig struct {
 	// CacheSize bounds the review cache (default 1024 tokens).
 	CacheSize int
 	// IsSessionPod reports whether a pod UID is a session pod. A token bound to a session pod is refused whatever
-	// its ServiceAccount: session pods must never receive raw tokens (DESIGN.md §1).
+	// its ServiceAccount: session pods must never receive raw tokens (docs/DESIGN.md §1).
 	IsSessionPod func(uid string) bool
 	Now          func() time.Time
 }

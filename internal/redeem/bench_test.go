@@ -18,7 +18,7 @@ import (
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
 )
 
-// Budgets (DESIGN.md §9): ≥ 100k redeems/s cold and ≥ 500k/s warm on one core. Run with
+// Budgets (docs/DESIGN.md §9): ≥ 100k redeems/s cold and ≥ 500k/s warm on one core. Run with
 //
 //	go test -run '^$' -bench 'Decide|RedeemAPI' -cpu 1 ./internal/redeem/
 //

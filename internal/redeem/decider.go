@@ -1,6 +1,6 @@
 // Package redeem is the one redeem decision shared by every front door (the egress interceptor and the redeem
 // API): decode the capability with the key ring, bind it to the calling pod, check revocation against informer
-// state, classify the request URL, and check the URL's origin against the cluster allow-list (DESIGN.md §7).
+// state, classify the request URL, and check the URL's origin against the cluster allow-list (docs/DESIGN.md §7).
 //
 // The order is part of the contract. The binding is checked before the URL is looked at, so a capability copied
 // out of its pod learns nothing about which URLs it would open; revocation is checked before classification for
@@ -25,7 +25,7 @@ import (
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
 )
 
-// Reason is a stable refusal reason: the codec's and the policy's, plus the ones below (DESIGN.md §3).
+// Reason is a stable refusal reason: the codec's and the policy's, plus the ones below (docs/DESIGN.md §3).
 type Reason string
 
 const (
@@ -276,7 +276,7 @@ func (d *Decider) decide(req Request) (Result, *Refusal) {
 		return Result{}, refuse(r, detail)
 	}
 	// Defence in depth: even a capability whose targets were wider than the allow-list cannot reach an origin
-	// outside it (DESIGN.md §5).
+	// outside it (docs/DESIGN.md §5).
 	if dec.Origin == "" || !d.allow.Allows(dec.Origin) {
 		return Result{}, refuse(ReasonUpstreamNotAllowed, "the origin is not in the cluster allow-list")
 	}

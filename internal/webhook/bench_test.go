@@ -13,7 +13,7 @@ import (
 // webhook, and reports p50/p99 of the end-to-end create latency and of the handler's own time (decode to
 // response). The baseline, measured in the same run and environment, is a wave of 50 pods without the session
 // label (the API server skips the webhook for them): x-baseline-p50 is how much slower a session pod's create is.
-// Budget (DESIGN.md §9): handler p99 ≤ 10 ms.
+// Budget (docs/DESIGN.md §9): handler p99 ≤ 10 ms.
 func BenchmarkAdmission50Concurrent(b *testing.B) {
 	const concurrency = 50
 	e := env

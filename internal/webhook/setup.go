@@ -1,5 +1,5 @@
 // Package webhook is the mutating admission webhook that wires session pods (label kilo.ai/session) to their
-// capability Secret, the egress proxy and the egress CA bundle (DESIGN.md §6).
+// capability Secret, the egress proxy and the egress CA bundle (docs/DESIGN.md §6).
 package webhook
 
 import (
