@@ -17,7 +17,6 @@ export KUBEBUILDER_ASSETS ?= $(ENVTEST_DIR)
 CONTROLLER_GEN ?= $(GO) tool controller-gen
 FUZZTIME ?= 10s
 BENCHTIME ?= 1s
-# Packages whose tests need no control plane run first, so a fast failure is a fast answer.
 TEST_FLAGS ?= -count=1 -timeout 25m
 
 SHELL := /usr/bin/env bash -o pipefail
