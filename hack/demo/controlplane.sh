@@ -48,26 +48,70 @@ running() {
   [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != "Z" ]]
 }
 
-# stop_all: stops every process start_bg started, newest first, politely then firmly.
-stop_all() {
-  [[ -f "$WORK/pids" ]] || return 0
-  local pid name i
+# ours PID: the process is running and is still one this demo started (its command line names $WORK), so that
+# `demo.sh stop` on an old KEEP=1 work dir never signals an unrelated process that has since reused the pid.
+# Without /proc (macOS) the pid file is trusted.
+ours() {
+  running "$1" || return 1
+  [[ -r "/proc/$1/cmdline" ]] || return 0
+  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$WORK"
+}
+
+# stop_group TIMEOUT NAME=PID...: SIGTERM to each process (and its process group), then waits up to TIMEOUT
+# seconds for all of them to exit; whatever is left is killed, and waited for.
+stop_group() {
+  local timeout=$1; shift
+  local entry pid alive deadline
   local -a pids=()
-  while read -r pid name; do pids+=("$pid"); done <"$WORK/pids"
-  # Newest first: the components go before the API server they talk to, and the API server before etcd.
-  for (( i = ${#pids[@]} - 1; i >= 0; i-- )); do
-    kill -TERM -- "-${pids[i]}" 2>/dev/null || kill -TERM "${pids[i]}" 2>/dev/null || true
+  for entry in "$@"; do
+    pid=${entry#*=}
+    ours "$pid" || continue
+    pids+=("$pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   done
-  local deadline=$(( SECONDS + 10 ))
+  (( ${#pids[@]} )) || return 0
+  deadline=$(( SECONDS + timeout ))
   while (( SECONDS < deadline )); do
-    local alive=0
-    while read -r pid name; do running "$pid" && alive=1; done <"$WORK/pids"
-    (( alive )) || break
+    alive=0
+    for pid in "${pids[@]}"; do running "$pid" && alive=1; done
+    (( alive )) || return 0
     sleep 0.2
   done
+  for entry in "$@"; do
+    pid=${entry#*=}
+    if running "$pid"; then
+      echo "${entry%%=*} (pid $pid) did not exit within ${timeout}s of SIGTERM; killing it" >&2
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  deadline=$(( SECONDS + 5 ))
+  while (( SECONDS < deadline )); do
+    alive=0
+    for pid in "${pids[@]}"; do running "$pid" && alive=1; done
+    (( alive )) || return 0
+    sleep 0.1
+  done
+}
+
+# stop_all: stops every process start_bg started, in dependency order, and returns once all are gone: first the
+# components (manager, egress, upstream), which talk to the API server; then kube-apiserver, waiting for it to
+# exit; then etcd. Stopping etcd together with the API server would leave the API server retrying its storage
+# until it is killed.
+stop_all() {
+  [[ -f "$WORK/pids" ]] || return 0
+  local pid name
+  local -a components=() apiserver=() etcd=()
   while read -r pid name; do
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    [[ -n "$pid" ]] || continue
+    case "$name" in
+      kube-apiserver) apiserver+=("$name=$pid") ;;
+      etcd) etcd+=("$name=$pid") ;;
+      *) components+=("$name=$pid") ;;
+    esac
   done <"$WORK/pids"
+  stop_group 15 "${components[@]}"
+  stop_group 20 "${apiserver[@]}"
+  stop_group 10 "${etcd[@]}"
   wait 2>/dev/null || true # reap our children so none lingers as a zombie
   rm -f "$WORK/pids"
 }

@@ -24,8 +24,17 @@ source "$ROOT/hack/demo/controlplane.sh"
 
 if [[ "${1:-}" == "stop" ]]; then
   WORK="${2:?usage: demo.sh stop WORKDIR}"
-  stop_all
-  echo "stopped the demo in $WORK"
+  WORK="$(cd "$WORK" 2>/dev/null && pwd)" || { echo "no such demo work directory: $2" >&2; exit 1; }
+  if [[ ! -f "$WORK/pids" ]]; then
+    [[ -f "$WORK/pids.all" ]] || { echo "$WORK is not a demo work directory (no pids file)" >&2; exit 1; }
+    echo "the demo in $WORK is already stopped"
+  else
+    # Returns only once every process is gone: components, then kube-apiserver, then etcd.
+    stop_all
+    echo "stopped the demo in $WORK"
+  fi
+  # The work directory stays: its logs are often why the demo was kept. Nothing in it is needed any more.
+  echo "its logs are in $WORK/logs; remove it with: rm -rf '$WORK'"
   exit 0
 fi
 
@@ -33,6 +42,7 @@ KEEP="${KEEP:-0}"
 [[ "$KEEP" == "0" || "$KEEP" == "" ]] && KEEP=0 || KEEP=1
 WORK="${DEMO_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/kilo-demo.XXXXXX")}"
 mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)" # absolute: `demo.sh stop` recognises the demo's processes by it
 NS=kilo-demo              # where the samples go
 OPNS=kilo-system          # where the operator's Secrets live (config/default's namespace)
 SESSION=demo              # config/samples KiloSession
@@ -102,7 +112,11 @@ trap 'exit 130' INT TERM
 
 section "Setup"
 for tool in kubectl curl openssl jq go; do
-  command -v "$tool" >/dev/null || fail "$tool is required (it is on the CI image; install it to run the demo)"
+  command -v "$tool" >/dev/null || case "$tool" in
+    go) fail "go is required: install Go (https://go.dev/dl/, the version in go.mod) and put it on PATH" ;;
+    kubectl) fail "kubectl is required: https://kubernetes.io/docs/tasks/tools/ (any version within one minor of v1.37)" ;;
+    *) fail "$tool is required: install it (Debian/Ubuntu: sudo apt-get install -y $tool; macOS: brew install $tool)" ;;
+  esac
 done
 [[ -x "$ROOT/bin/k8s/etcd" && -x "$ROOT/bin/k8s/kube-apiserver" ]] ||
   fail "bin/k8s has no etcd/kube-apiserver: run 'make envtest' (make demo does it for you)"
@@ -232,13 +246,15 @@ say "The samples: an opted-in token Secret, the KiloSession \"$SESSION\" and the
 say "The demo overlay only moves the targets to the stand-in upstream:"
 sed -n '/patch:/,$p' "$OVERLAY/kustomization.yaml" | indent
 kubectl create namespace "$NS" >/dev/null
-show "kubectl apply -k <overlay of config/samples>"
+# Server-side apply: a client-side apply would keep the token Secret's value in its last-applied-configuration
+# annotation, where it would survive the rotation in step 4 (see the README's "Security model").
+show "kubectl apply --server-side -k <overlay of config/samples>"
 # The webhook admits a session pod only once the egress CA bundle has been copied into its namespace, which the
 # manager does when the namespace gets its first KiloSession — created by this same apply. So the first apply may
 # see the pod refused with "retry shortly"; applying again is what a GitOps tool does on its next sync.
 applied=0
 for attempt in $(seq 1 30); do
-  if kubectl apply -k "$OVERLAY" >"$WORK/logs/apply.log" 2>&1; then applied=1; break; fi
+  if kubectl apply --server-side -k "$OVERLAY" >"$WORK/logs/apply.log" 2>&1; then applied=1; break; fi
   alive manager || break
   if (( attempt == 1 )); then
     indent <"$WORK/logs/apply.log"
@@ -456,7 +472,7 @@ Everything is still running (KEEP=1). Explore:
   logs: $WORK/logs/{manager,egress,upstream,kube-apiserver,etcd}.log
 Unsuspend the session and give the pod its capability back:
   kubectl -n $NS patch ks $SESSION --type merge -p '{"spec":{"suspend":false}}'
-Stop:
-  $ROOT/hack/demo/demo.sh stop $WORK
+Stop (waits until every process is gone; the work directory and its logs stay until you remove them):
+  $ROOT/hack/demo/demo.sh stop $WORK && rm -rf $WORK
 EOF
 fi
