@@ -68,10 +68,11 @@ type SecretKeyRef struct {
 	Key string `json:"key"`
 }
 
-// Targets are the upstream base URLs a capability may be redeemed against. Each must be https (http only for
-// localhost, 127.0.0.1 and host.docker.internal), without userinfo, query or fragment, and its origin must be in
-// the operator's cluster-wide upstream allow-list.
-// +kubebuilder:validation:XValidation:rule="[self.backendBaseUrl, self.providerBaseUrl, self.sessionIngestBaseUrl].all(u, u.startsWith('https://') || u.startsWith('http://localhost') || u.startsWith('http://127.0.0.1') || u.startsWith('http://host.docker.internal'))",message="target URLs must use https (http is allowed only for localhost, 127.0.0.1 and host.docker.internal)"
+// Targets are the upstream base URLs a capability may be redeemed against. Each must be https (http only when the
+// host is exactly localhost, 127.0.0.1 or host.docker.internal), without userinfo, query or fragment, and its
+// origin must be in the operator's cluster-wide upstream allow-list. The schema compares the parsed host name, not a
+// prefix, so http://localhost.evil.example is refused at admission rather than later as InvalidTargets. (A rule per
+// field: one over the list of all three exceeds the API server's CEL cost budget.)
 // +kubebuilder:validation:XValidation:rule="[self.backendBaseUrl, self.providerBaseUrl, self.sessionIngestBaseUrl].all(u, !u.contains('?') && !u.contains('#') && !u.contains('@'))",message="target URLs must not contain userinfo, a query or a fragment"
 type Targets struct {
 	// backendBaseUrl is the Kilo backend API, for example https://api.kilo.ai.
@@ -79,6 +80,7 @@ type Targets struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="backendBaseUrl must be an absolute URL"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') || (self.startsWith('http://') && isURL(self) && url(self).getHostname() in ['localhost', '127.0.0.1', 'host.docker.internal'])",message="target URLs must use https (http is allowed only for the hosts localhost, 127.0.0.1 and host.docker.internal)"
 	BackendBaseURL string `json:"backendBaseUrl"`
 
 	// providerBaseUrl is the model-provider route base, for example https://api.kilo.ai/api/openrouter.
@@ -86,6 +88,7 @@ type Targets struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="providerBaseUrl must be an absolute URL"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') || (self.startsWith('http://') && isURL(self) && url(self).getHostname() in ['localhost', '127.0.0.1', 'host.docker.internal'])",message="target URLs must use https (http is allowed only for the hosts localhost, 127.0.0.1 and host.docker.internal)"
 	ProviderBaseURL string `json:"providerBaseUrl"`
 
 	// sessionIngestBaseUrl is the session-ingest service, for example https://ingest.kilosessions.ai.
@@ -93,6 +96,7 @@ type Targets struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self)",message="sessionIngestBaseUrl must be an absolute URL"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') || (self.startsWith('http://') && isURL(self) && url(self).getHostname() in ['localhost', '127.0.0.1', 'host.docker.internal'])",message="target URLs must use https (http is allowed only for the hosts localhost, 127.0.0.1 and host.docker.internal)"
 	SessionIngestBaseURL string `json:"sessionIngestBaseUrl"`
 }
 
