@@ -15,7 +15,7 @@ import (
 
 // Which Secrets the manager may hold in memory, and why it takes two caches.
 //
-// DESIGN.md §5 promises that the manager neither reads nor keeps any Secret a user did not opt in: a KiloSession
+// docs/DESIGN.md §5 promises that the manager neither reads nor keeps any Secret a user did not opt in: a KiloSession
 // author who cannot read Secrets must not be able to point the operator at one. The controller still needs two
 // disjoint kinds of Secret: token Secrets (labelled kilo.ai/token-source=true by their owner) and the capability
 // Secrets it writes (labelled kilo.ai/pod-uid). A label selector is a conjunction, so one informer cannot select
