@@ -68,6 +68,12 @@ func refusef(format string, args ...any) error { return &refusal{fmt.Sprintf(for
 // list, so nothing the pod (or an earlier webhook) set can be changed — including fields this build's k8s.io/api
 // does not know, which a marshal-and-diff patch would silently drop under version skew.
 func plan(pod *corev1.Pod, cfg *config, newSecretName func() (string, error)) ([]jsonpatch.JsonPatchOperation, []string, error) {
+	// Mutating admission runs before validation, so a pod with no spec or no containers reaches us. There is
+	// nothing to wire, and the patch's list appends assume a spec to append to: refuse with the reason the API
+	// server's validation would give a moment later.
+	if len(pod.Spec.Containers) == 0 {
+		return nil, nil, refusef("pod has no containers: there is nothing to inject the capability into")
+	}
 	containers, inits, err := selectContainers(pod)
 	if err != nil {
 		return nil, nil, err
