@@ -5,11 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
+	"github.com/Kilo-Org/kilo-session-operator/internal/cliflag"
 	"github.com/Kilo-Org/kilo-session-operator/internal/egress"
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
 )
@@ -66,13 +66,6 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
-func defaultNamespace() string {
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
-		return ns
-	}
-	return kilov1alpha1.DefaultOperatorNamespace
-}
-
 func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.proxyAddr, "proxy-bind-address", fmt.Sprintf(":%d", kilov1alpha1.DefaultProxyPort), "address the HTTP forward proxy (session pods' HTTPS_PROXY) listens on")
 	fs.StringVar(&o.redeemAddr, "redeem-bind-address", fmt.Sprintf(":%d", kilov1alpha1.DefaultRedeemPort), "address the redeem API (POST /v1/redeem, trusted gateways) listens on; \"0\" disables it")
@@ -82,7 +75,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS behind Kubernetes authentication and authorization")
 	fs.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for the metrics endpoint (default: self-signed)")
 	fs.BoolVar(&o.enableHTTP2, "enable-http2", false, "serve HTTP/2 on the metrics endpoint (off: HTTP/2 rapid-reset CVEs)")
-	fs.StringVar(&o.namespace, "operator-namespace", defaultNamespace(), "namespace holding the key ring, the CA Secret and the CA bundle ConfigMap; default $POD_NAMESPACE")
+	fs.StringVar(&o.namespace, "operator-namespace", cliflag.OperatorNamespace(), "namespace holding the key ring, the CA Secret and the CA bundle ConfigMap; default $POD_NAMESPACE")
 	fs.StringVar(&o.keyRingSecret, "key-ring-secret", kilov1alpha1.DefaultKeyRingSecret, "Secret holding the capability key ring (reloaded on change)")
 	fs.StringVar(&o.caSecret, "ca-secret", kilov1alpha1.DefaultEgressCASecret, "Secret holding the interceptor CA (created when absent, rotated with overlap)")
 	fs.StringVar(&o.caBundleMap, "ca-bundle-configmap", kilov1alpha1.CABundleConfigMap, "ConfigMap the public CA bundle is published to (key "+kilov1alpha1.CABundleKey+")")

@@ -5,10 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 
 	kilov1alpha1 "github.com/Kilo-Org/kilo-session-operator/api/v1alpha1"
+	"github.com/Kilo-Org/kilo-session-operator/internal/cliflag"
 	"github.com/Kilo-Org/kilo-session-operator/internal/pki"
 	"github.com/Kilo-Org/kilo-session-operator/internal/policy"
 )
@@ -64,14 +64,6 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
-func defaultOperatorNamespace() string {
-	// Set by the Deployment through the downward API, so a renamed namespace needs no flag change.
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
-		return ns
-	}
-	return kilov1alpha1.DefaultOperatorNamespace
-}
-
 func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "address the metrics endpoint binds to; \"0\" disables it")
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS behind Kubernetes authentication and authorization (the caller needs get on the /metrics non-resource URL)")
@@ -88,7 +80,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.webhookSecretName, "webhook-secret-name", pki.DefaultWebhookSecret, "Secret in the operator namespace holding the webhook serving certificate (self-managed: written by the manager; cert-manager: by the Certificate)")
 	fs.Var(&o.webhookExtraSANs, "webhook-extra-san", "self-managed mode: extra DNS names or IP addresses for the serving certificate (comma-separated, repeatable), e.g. 127.0.0.1 when the API server calls the webhook by URL")
 	fs.Var(&o.watchNamespaces, "namespace", "namespaces to watch for KiloSessions and session pods (comma-separated, repeatable; default: all)")
-	fs.StringVar(&o.operatorNamespace, "operator-namespace", defaultOperatorNamespace(), "namespace the manager and egress run in (holds the key ring, the certificates and the CA bundle); $POD_NAMESPACE when set")
+	fs.StringVar(&o.operatorNamespace, "operator-namespace", cliflag.OperatorNamespace(), "namespace the manager and egress run in (holds the key ring, the certificates and the CA bundle); $POD_NAMESPACE when set")
 	fs.StringVar(&o.keyRingSecret, "key-ring-secret", kilov1alpha1.DefaultKeyRingSecret, "Secret in the operator namespace holding the capability key ring; created with a fresh key when absent")
 	fs.Var(&o.upstreamAllowList, "upstream-allowlist", "upstream origins credentials may ever be sent to (comma-separated, repeatable; default "+strings.Join(policy.DefaultAllowList, ",")+"); a KiloSession cannot widen it")
 	fs.StringVar(&o.egressProxyURL, "egress-proxy-url", "", fmt.Sprintf("proxy URL injected into session pods (default http://%s.<operator-namespace>.svc:%d)", kilov1alpha1.DefaultEgressService, kilov1alpha1.DefaultProxyPort))
