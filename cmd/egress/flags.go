@@ -52,19 +52,8 @@ type options struct {
 	blocked []netip.Prefix
 }
 
-// stringList is a flag that accepts a comma-separated list and may be repeated.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-
-func (s *stringList) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*s = append(*s, p)
-		}
-	}
-	return nil
-}
+// stringList is a comma-separated, repeatable list flag.
+type stringList = cliflag.StringList
 
 func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.proxyAddr, "proxy-bind-address", fmt.Sprintf(":%d", kilov1alpha1.DefaultProxyPort), "address the HTTP forward proxy (session pods' HTTPS_PROXY) listens on")

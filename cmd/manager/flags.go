@@ -50,19 +50,8 @@ type options struct {
 	maxConcurrentReconciles int
 }
 
-// stringList is a flag that accepts a comma-separated list and may be repeated.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-
-func (s *stringList) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*s = append(*s, p)
-		}
-	}
-	return nil
-}
+// stringList is a comma-separated, repeatable list flag.
+type stringList = cliflag.StringList
 
 func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "address the metrics endpoint binds to; \"0\" disables it")
